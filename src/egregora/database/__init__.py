@@ -1,0 +1,1 @@
+"""egregora.database: the storage layer of egregora."""

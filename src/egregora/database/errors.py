@@ -1,0 +1,178 @@
+"""The errors of ``egregora.database``: one root, structured fields, messages built from them.
+
+Every error raised by the library is a :class:`StorageError`. Subclasses also inherit the
+builtin a caller would naturally catch (``ValueError`` for bad input, ``LookupError`` for
+something missing), so ``except ValueError`` keeps working for code that does not know us.
+
+Each error keeps the facts as attributes (``table``, ``columns``, ``run_id`` and, for errors
+about rows, a ``failures`` Arrow table with *every* offending row) and builds its message
+from them, showing a few rows and then "and N more".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+#: How many offending values a message shows before "and N more".
+MESSAGE_EXAMPLES = 5
+
+
+def _quote(value: Any) -> str:
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return repr(shown)
+    return repr(value)
+
+
+def format_examples(values: Sequence[Any], *, total: int | None = None) -> str:
+    """Render at most :data:`MESSAGE_EXAMPLES` values, then "and N more".
+
+    >>> format_examples(["a", "b"])
+    "'a', 'b'"
+    >>> format_examples(list(range(8)))
+    '0, 1, 2, 3, 4 and 3 more'
+    """
+    total = len(values) if total is None else total
+    shown = ", ".join(_quote(v) for v in list(values)[:MESSAGE_EXAMPLES])
+    rest = total - min(len(values), MESSAGE_EXAMPLES)
+    return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+class StorageError(Exception):
+    """Root of every error raised by ``egregora.database``.
+
+    Attributes:
+        table: The table concerned, when there is one.
+        columns: The columns concerned.
+        run_id: The run on whose behalf the operation ran, when there is one.
+        failures: For errors about rows, an Arrow table listing every offending row.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str | None = None,
+        columns: Sequence[str] = (),
+        run_id: str | None = None,
+        failures: pa.Table | None = None,
+    ) -> None:
+        self.table = table
+        self.columns = tuple(columns)
+        self.run_id = run_id
+        self.failures = failures
+        super().__init__(message)
+
+
+class SchemaDefinitionError(StorageError, ValueError):
+    """A table declaration is malformed (raised when it is declared, not when it is used)."""
+
+
+class SchemaMismatchError(StorageError):
+    """A database's tables differ from their declaration in a way that cannot be migrated.
+
+    Attributes:
+        differences: One human-readable line per difference.
+    """
+
+    def __init__(self, differences: Sequence[str], *, table: str | None = None) -> None:
+        self.differences = tuple(differences)
+        lines = "\n".join(f"  - {d}" for d in self.differences)
+        super().__init__(
+            f"the database does not match the declared layout; nothing was changed "
+            f"({len(self.differences)} difference(s)):\n{lines}",
+            table=table,
+        )
+
+
+class TableNotFoundError(StorageError, LookupError):
+    """A table is not declared in the catalog (or not present in the database)."""
+
+
+class RunNotFoundError(StorageError, LookupError):
+    """No run has the given id."""
+
+
+class RunStateError(StorageError, ValueError):
+    """An operation is not allowed in the run's current status."""
+
+
+class StoreLockedError(StorageError):
+    """Another process holds the database file.
+
+    Attributes:
+        path: The database file.
+        holder_pid: The PID of the process holding it, when DuckDB names it.
+    """
+
+    def __init__(self, message: str, *, path: str, holder_pid: int | None) -> None:
+        self.path = path
+        self.holder_pid = holder_pid
+        super().__init__(message)
+
+
+class ReadOnlyError(StorageError):
+    """A write was attempted through a store opened read-only."""
+
+
+class RowError(StorageError):
+    """An error about rows of a batch; ``failures`` lists every offending row."""
+
+    def __init__(
+        self,
+        summary: str,
+        *,
+        table: str,
+        columns: Sequence[str] = (),
+        run_id: str | None = None,
+        failures: pa.Table | None = None,
+        examples: Sequence[Any] = (),
+        total: int | None = None,
+    ) -> None:
+        total = len(examples) if total is None else total
+        where = f" (run {run_id})" if run_id else ""
+        detail = f": {format_examples(list(examples), total=total)}" if examples else ""
+        super().__init__(
+            f"{summary}{where}, nothing written{detail}",
+            table=table,
+            columns=columns,
+            run_id=run_id,
+            failures=failures,
+        )
+
+
+class ValidationError(RowError, ValueError):
+    """A batch does not satisfy its table's declaration.
+
+    ``failures`` has the columns ``column``, ``check``, ``value`` and ``key``, one row per
+    offending value.
+    """
+
+
+class LineageError(ValidationError):
+    """A batch's lineage columns are wrong: ``run_id`` missing, foreign, or ``created_at``
+    naive or before the run started."""
+
+
+class ConstraintViolationError(RowError, ValueError):
+    """The database refused rows because of a declared constraint."""
+
+
+class ForeignKeyViolationError(ConstraintViolationError):
+    """Rows reference parent keys that do not exist, or a parent is still referenced."""
+
+
+class DuplicateKeyError(ConstraintViolationError):
+    """Rows repeat a primary key, within the batch or against stored rows."""
+
+
+class IntegrityError(StorageError):
+    """An operation would break the store's integrity (e.g. a rollback whose rows are
+    referenced by other runs)."""
+
+
+class ConnectionFailedError(StorageError):
+    """The database could not be opened or reached, or the driver failed unexpectedly."""
