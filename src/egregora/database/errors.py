@@ -20,23 +20,22 @@ import pyarrow as pa
 MESSAGE_EXAMPLES = 5
 
 
-def _quote(value: Any) -> str:
-    if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return repr(shown)
-    return repr(value)
+def _shown(value: Any) -> str:
+    # Examples arrive pre-rendered ("document_id='d-17'"); long ones are cut.
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def format_examples(values: Sequence[Any], *, total: int | None = None) -> str:
     """Render at most :data:`MESSAGE_EXAMPLES` values, then "and N more".
 
-    >>> format_examples(["a", "b"])
-    "'a', 'b'"
+    >>> format_examples(["id='a'", "id='b'"])
+    "id='a', id='b'"
     >>> format_examples(list(range(8)))
     '0, 1, 2, 3, 4 and 3 more'
     """
     total = len(values) if total is None else total
-    shown = ", ".join(_quote(v) for v in list(values)[:MESSAGE_EXAMPLES])
+    shown = ", ".join(_shown(v) for v in list(values)[:MESSAGE_EXAMPLES])
     rest = total - min(len(values), MESSAGE_EXAMPLES)
     return f"{shown} and {rest} more" if rest > 0 else shown
 

@@ -1,0 +1,201 @@
+"""The statements of the write path, built as sqlglot expressions (DDL lives in ``ddl``).
+
+Identifiers are always quoted and values are bound as ``?`` parameters or come from a
+registered Arrow batch, never from string formatting. Every backend renders these with its
+own dialect, so the statements exist once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlglot import exp
+
+from egregora.database.ddl import column, column_type, ident
+from egregora.database.model import RUN_ID, ForeignKey, TableSchema
+
+OnConflict = Literal["error", "ignore", "update"]
+ON_CONFLICT_CHOICES: tuple[OnConflict, ...] = ("error", "ignore", "update")
+
+
+def table_ref(name: str, alias: str | None = None) -> exp.Table:
+    """A quoted table reference, optionally aliased."""
+    node = exp.Table(this=ident(name))
+    if alias:
+        node.set("alias", exp.TableAlias(this=ident(alias)))
+    return node
+
+
+def qualified(alias: str, name: str) -> exp.Column:
+    """``"alias"."name"``."""
+    return exp.Column(this=ident(name), table=ident(alias))
+
+
+def param() -> exp.Placeholder:
+    """A positional ``?`` parameter."""
+    return exp.Placeholder()
+
+
+def updatable_columns(table: TableSchema, present: list[str]) -> list[str]:
+    """The columns an ``on_conflict="update"`` may set: those present in the batch except
+    key and reference columns.
+
+    DuckDB performs an update of an indexed column (every primary and foreign key column) as
+    delete+insert, which its foreign-key check rejects while any row references the parent
+    (DESIGN §3). So a row keeps its keys and the run that created it; its content changes.
+    """
+    fixed = set(table.primary_key) | {c for fk in table.foreign_keys for c in fk.columns}
+    return [c for c in table.column_names if c in present and c not in fixed]
+
+
+def insert_from(
+    table: TableSchema,
+    source: str,
+    *,
+    on_conflict: OnConflict,
+    present: list[str],
+    dialect: Literal["duckdb", "postgres"] = "duckdb",
+) -> exp.Insert:
+    """``INSERT INTO table (cols) SELECT CAST(cols) FROM source [ON CONFLICT ...]``."""
+    cols = list(table.column_names)
+    select = exp.select(
+        *(
+            exp.cast(column(c), column_type(table.schema[c].copy(nullable=True), dialect))
+            .as_(ident(c))
+            for c in cols
+        )
+    ).from_(table_ref(source))
+    node = exp.Insert(
+        this=exp.Schema(this=table_ref(table.name), expressions=[ident(c) for c in cols]),
+        expression=select,
+    )
+    if on_conflict == "ignore":
+        node.set("conflict", exp.OnConflict(action=exp.var("DO NOTHING")))
+    elif on_conflict == "update":
+        sets = updatable_columns(table, present)
+        keys = [exp.Ordered(this=column(c), nulls_first=False) for c in table.primary_key]
+        if sets:
+            node.set(
+                "conflict",
+                exp.OnConflict(
+                    action=exp.var("DO UPDATE"),
+                    conflict_keys=keys,
+                    expressions=[
+                        exp.EQ(this=column(c), expression=qualified("excluded", c).copy())
+                        for c in sets
+                    ],
+                ),
+            )
+        else:
+            node.set("conflict", exp.OnConflict(action=exp.var("DO NOTHING"), conflict_keys=keys))
+    return node
+
+
+def _join_condition(left: str, lcols: tuple[str, ...], right: str, rcols: tuple[str, ...]) -> exp.Expression:
+    return exp.and_(
+        *(
+            exp.EQ(this=qualified(left, a), expression=qualified(right, b))
+            for a, b in zip(lcols, rcols, strict=True)
+        )
+    )
+
+
+def orphans(table: TableSchema, fk: ForeignKey, source: str, *, limit: int | None = None) -> exp.Select:
+    """Distinct non-NULL references of ``source`` (shaped like ``table``) missing from the
+    parent: the rows a FOREIGN KEY would refuse."""
+    parent_types = [column_type(table.schema[c].copy(nullable=True), "duckdb") for c in fk.columns]
+    refs = [
+        exp.cast(qualified("b", c), t).as_(ident(c))
+        for c, t in zip(fk.columns, parent_types, strict=True)
+    ]
+    not_null = exp.and_(*(exp.Not(this=exp.Is(this=qualified("b", c), expression=exp.Null()))
+                          for c in fk.columns))
+    exists = (
+        exp.select(exp.Literal.number(1))
+        .from_(table_ref(fk.ref_table, "p"))
+        .where(
+            exp.and_(
+                *(
+                    exp.EQ(this=qualified("p", r), expression=exp.cast(qualified("b", c), t))
+                    for c, r, t in zip(fk.columns, fk.ref_columns, parent_types, strict=True)
+                )
+            )
+        )
+    )
+    query = (
+        exp.select(*refs)
+        .distinct()
+        .from_(table_ref(source, "b"))
+        .where(exp.and_(not_null, exp.Not(this=exp.Exists(this=exists))))
+        .order_by(*(exp.column(ident(c)) for c in fk.columns))
+    )
+    return query.limit(limit) if limit else query
+
+
+def existing_keys(table: TableSchema, source: str) -> exp.Select:
+    """Keys of ``source`` that ``table`` already holds."""
+    pk = table.primary_key
+    return (
+        exp.select(*(qualified("t", c) for c in pk))
+        .from_(table_ref(table.name, "t"))
+        .join(table_ref(source, "b"), on=_join_condition("t", pk, "b", pk), join_type="semi")
+        .order_by(*(qualified("t", c) for c in pk))
+    )
+
+
+def changed_references(table: TableSchema, source: str) -> exp.Select:
+    """Stored rows that an update from ``source`` would move to another parent (other than
+    ``run_id``, which an update keeps)."""
+    pk = table.primary_key
+    refs = [c for fk in table.foreign_keys for c in fk.columns if c != RUN_ID]
+    differs = exp.or_(
+        *(
+            exp.NullSafeNEQ(this=qualified("t", c), expression=qualified("b", c))
+            for c in refs
+        )
+    ) if refs else exp.false()
+    return (
+        exp.select(*(qualified("t", c) for c in (*pk, *refs)))
+        .from_(table_ref(table.name, "t"))
+        .join(table_ref(source, "b"), on=_join_condition("t", pk, "b", pk))
+        .where(differs)
+        .order_by(*(qualified("t", c) for c in pk))
+    )
+
+
+def select_where_equal(
+    table: str, columns: list[str], key: list[str], *, limit: int | None = None
+) -> exp.Select:
+    """``SELECT columns FROM table WHERE key1 = ? AND ...``."""
+    query = exp.select(*(column(c) for c in columns)).from_(table_ref(table)).where(
+        exp.and_(*(exp.EQ(this=column(k), expression=param()) for k in key))
+    )
+    return query.limit(limit) if limit else query
+
+
+def update_where_equal(table: str, assignments: list[str], key: list[str]) -> exp.Update:
+    """``UPDATE table SET a = ?, ... WHERE key1 = ? AND ...`` (parameters in that order)."""
+    return exp.Update(
+        this=table_ref(table),
+        expressions=[exp.EQ(this=column(c), expression=param()) for c in assignments],
+        where=exp.Where(
+            this=exp.and_(*(exp.EQ(this=column(k), expression=param()) for k in key))
+        ),
+    )
+
+
+def delete_where_equal(table: str, key: list[str]) -> exp.Delete:
+    """``DELETE FROM table WHERE key1 = ? AND ...``."""
+    return exp.Delete(
+        this=table_ref(table),
+        where=exp.Where(
+            this=exp.and_(*(exp.EQ(this=column(k), expression=param()) for k in key))
+        ),
+    )
+
+
+def count_where_equal(table: str, key: list[str]) -> exp.Select:
+    """``SELECT count(*) FROM table WHERE key1 = ? AND ...``."""
+    return exp.select(exp.Count(this=exp.Star())).from_(table_ref(table)).where(
+        exp.and_(*(exp.EQ(this=column(k), expression=param()) for k in key))
+    )

@@ -1,0 +1,223 @@
+"""DuckDB's errors translated into the library's, with every offending row.
+
+DuckDB names only the first bad key of a refused INSERT. After the write path has rolled
+back, :func:`diagnose_write_failure` re-examines the failing chunk with anti-joins (about
+30 ms for 100k rows, DESIGN §3) and lists every missing reference or repeated key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import duckdb
+import ibis.expr.datatypes as dt
+import pyarrow as pa
+from sqlglot import exp
+
+from egregora.database import ddl, statements
+from egregora.database.batches import conform, failures_table
+from egregora.database.errors import (
+    ConstraintViolationError,
+    DuplicateKeyError,
+    ForeignKeyViolationError,
+    StorageError,
+    ValidationError,
+)
+from egregora.database.model import RUN_ID, TableSchema
+
+_SCRATCH_VIEW = "egregora_failed_batch"
+_QUOTED_KEY = re.compile(r'key "([^"]*)"')
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def translate_duckdb_error(
+    exc: duckdb.Error, *, table: str | None, run_id: str | None
+) -> StorageError:
+    """The library error for a DuckDB error that needs no further diagnosis."""
+    text = _first_line(exc)
+    if isinstance(exc, duckdb.ConstraintException):
+        kind: type[ConstraintViolationError] = ConstraintViolationError
+        if "foreign key" in text.lower():
+            kind = ForeignKeyViolationError
+        elif "duplicate key" in text.lower():
+            kind = DuplicateKeyError
+        return kind(
+            f"the database refused the change to `{table or '?'}`: {text}",
+            table=table or "?",
+            run_id=run_id,
+            examples=_QUOTED_KEY.findall(text),
+        )
+    if isinstance(exc, duckdb.ConversionException):
+        return ValidationError(f"a value could not be converted: {text}", table=table or "?")
+    return StorageError(f"DuckDB failed: {text}", table=table, run_id=run_id)
+
+
+def key_text(schema: TableSchema, row: dict[str, Any]) -> str:
+    """A row's primary key as ``id='…'`` text."""
+    return ", ".join(f"{c}={str(row[c])!r}" for c in schema.primary_key if c in row)
+
+
+def _orphan_error(
+    con: duckdb.DuckDBPyConnection, schema: TableSchema, run_id: str | None
+) -> StorageError | None:
+    rows: list[tuple[str, str, str | None, str | None]] = []
+    columns: list[str] = []
+    parents: list[str] = []
+    for fk in schema.foreign_keys:
+        found = con.execute(ddl.to_sql(statements.orphans(schema, fk, _SCRATCH_VIEW))).fetchall()
+        for values in found:
+            shown = ", ".join(str(v) for v in values)
+            rows.append((", ".join(fk.columns), "foreign_key", shown, None))
+        if found:
+            columns.extend(fk.columns)
+            parents.append(f"`{fk.ref_table}`.`{', '.join(fk.ref_columns)}`")
+    if not rows:
+        return None
+    return ForeignKeyViolationError(
+        f"{len(rows)} rows of `{schema.name}` reference missing {' and '.join(parents)}",
+        table=schema.name,
+        columns=columns,
+        run_id=run_id,
+        failures=failures_table(rows),
+        examples=[f"{c}={v!r}" for c, _, v, _ in rows],
+        total=len(rows),
+    )
+
+
+def _duplicate_error(
+    con: duckdb.DuckDBPyConnection, schema: TableSchema, run_id: str | None, text: str
+) -> StorageError:
+    found = con.execute(ddl.to_sql(statements.existing_keys(schema, _SCRATCH_VIEW)))
+    keys = [key_text(schema, r) for r in found.to_arrow_table().to_pylist()]
+    where = "already stored"
+    if not keys:
+        # The repeat is of a row written earlier in the same call (another chunk of a stream),
+        # which the rollback removed again; DuckDB's message names it.
+        keys = [k.replace(": ", "=") for k in _QUOTED_KEY.findall(text)]
+        where = "already written earlier in this call"
+    rows = [(", ".join(schema.primary_key), "duplicate_key", None, k) for k in keys]
+    return DuplicateKeyError(
+        f"{len(keys)} rows of `{schema.name}` repeat a primary key {where}"
+        " (use on_conflict='ignore' or 'update' to allow it)",
+        table=schema.name,
+        columns=schema.primary_key,
+        run_id=run_id,
+        failures=failures_table(rows),
+        examples=keys,
+        total=len(keys),
+    )
+
+
+def _invalid_values(name: str, dtype: dt.DataType) -> tuple[exp.Expression, str] | None:
+    col = ddl.column(name)
+    if isinstance(dtype, dt.UUID):
+        bad: exp.Expression = exp.Is(
+            this=exp.TryCast(this=col, to=exp.DataType.build("UUID")), expression=exp.Null()
+        )
+        return bad, "uuid_text"
+    if isinstance(dtype, dt.JSON):
+        return exp.Not(this=exp.func("json_valid", col)), "json_text"
+    return None
+
+
+def _conversion_error(
+    con: duckdb.DuckDBPyConnection, schema: TableSchema, run_id: str | None, text: str
+) -> StorageError:
+    rows: list[tuple[str, str, str | None, str | None]] = []
+    for name, dtype in schema.schema.items():
+        test = _invalid_values(name, dtype)
+        if test is None:
+            continue
+        condition, check = test
+        query = (
+            exp.select(ddl.column(name), *(ddl.column(c) for c in schema.primary_key))
+            .from_(statements.table_ref(_SCRATCH_VIEW))
+            .where(exp.and_(exp.Not(this=exp.Is(this=ddl.column(name), expression=exp.Null())),
+                            condition))
+        )
+        for value, *key in con.execute(ddl.to_sql(query)).fetchall():
+            row = dict(zip(schema.primary_key, key, strict=True))
+            rows.append((name, check, str(value)[:200], key_text(schema, row)))
+    if not rows:
+        return ValidationError(
+            f"a value could not be converted: {text}", table=schema.name, run_id=run_id
+        )
+    return ValidationError(
+        f"{len(rows)} values of `{schema.name}` are not valid for their declared type",
+        table=schema.name,
+        columns=sorted({r[0] for r in rows}),
+        run_id=run_id,
+        failures=failures_table(rows),
+        examples=[f"{c}={v!r} at {k}" for c, _, v, k in rows],
+        total=len(rows),
+    )
+
+
+def diagnose_write_failure(
+    con: duckdb.DuckDBPyConnection,
+    exc: duckdb.Error,
+    schema: TableSchema,
+    chunk: pa.Table | None,
+    *,
+    run_id: str | None,
+) -> StorageError:
+    """The library error for a failed write, after the transaction was rolled back.
+
+    Args:
+        con: The write connection, outside any transaction.
+        exc: What DuckDB raised.
+        schema: The table written to.
+        chunk: The raw chunk whose insert failed (None if the failure came before one).
+        run_id: The writing run.
+    """
+    text = _first_line(exc)
+    if chunk is None or not isinstance(exc, duckdb.ConstraintException | duckdb.ConversionException):
+        return translate_duckdb_error(exc, table=schema.name, run_id=run_id)
+    batch = conform(schema, chunk, run_id=run_id)
+    con.register(_SCRATCH_VIEW, batch)
+    try:
+        if isinstance(exc, duckdb.ConversionException):
+            return _conversion_error(con, schema, run_id, text)
+        if "foreign key" in text.lower():
+            found = _orphan_error(con, schema, run_id)
+            if found is not None:
+                return found
+        if "duplicate key" in text.lower() or "unique" in text.lower():
+            return _duplicate_error(con, schema, run_id, text)
+        return translate_duckdb_error(exc, table=schema.name, run_id=run_id)
+    finally:
+        con.unregister(_SCRATCH_VIEW)
+
+
+def refuse_moved_references(
+    con: duckdb.DuckDBPyConnection, schema: TableSchema, source: str, *, run_id: str | None
+) -> None:
+    """Refuse an update that would point stored rows at another parent.
+
+    DuckDB performs such an update as delete+insert and rejects it while the row is
+    referenced; rather than fail on some rows and not others, the library refuses every
+    change of a reference column through ``on_conflict="update"``: write a new row instead.
+    """
+    refs = [c for fk in schema.foreign_keys for c in fk.columns if c != RUN_ID]
+    if not refs:
+        return
+    found = con.execute(ddl.to_sql(statements.changed_references(schema, source))).to_arrow_table()
+    if found.num_rows == 0:
+        return
+    keys = [key_text(schema, r) for r in found.to_pylist()]
+    raise ConstraintViolationError(
+        f"{len(keys)} rows of `{schema.name}` would change their reference "
+        f"({', '.join(refs)}) through on_conflict='update'; a reference column is part of an "
+        "index, which DuckDB updates as delete+insert and refuses while the row is referenced."
+        " Write a new row instead",
+        table=schema.name,
+        columns=refs,
+        run_id=run_id,
+        failures=failures_table([(", ".join(refs), "reference_changed", None, k) for k in keys]),
+        examples=keys,
+        total=len(keys),
+    )
