@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt_mod
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,16 @@ def arrow_type(dtype: dt.DataType) -> pa.DataType:
 # --- checks ---------------------------------------------------------------------------------
 
 
+def _rule_name(column: str, values: tuple[Any, ...], verb: str) -> str:
+    """``doc_type_post_requires``; many values are summarised by a digest so that names stay
+    short (PostgreSQL cuts identifiers at 63 bytes) yet differ for different value sets."""
+    joined = "_".join(str(v).lower() for v in values)
+    if len(values) > 1 and len(joined) > 20:
+        digest = hashlib.sha256(repr(values).encode()).hexdigest()[:8]
+        joined = f"{str(values[0]).lower()}_{len(values) - 1}more_{digest}"
+    return f"{column}_{joined}_{verb}"
+
+
 @dataclass(frozen=True)
 class OneOf:
     """The column's value is one of ``values`` (NULL passes; nullability is separate)."""
@@ -141,7 +152,7 @@ class RequiredWhen:
 
     @property
     def name(self) -> str:
-        return f"{self.column}_{'_'.join(str(v).lower() for v in self.values[:1])}_requires"
+        return _rule_name(self.column, self.values, "requires")
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -169,7 +180,7 @@ class NullWhen:
 
     @property
     def name(self) -> str:
-        return f"{self.column}_{'_'.join(str(v).lower() for v in self.values[:1])}_excludes"
+        return _rule_name(self.column, self.values, "excludes")
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -276,7 +287,7 @@ class TableSchema:
                 table=name,
             )
         base = ibis.schema(schema)
-        if lineage and RUN_ID in base:
+        if lineage and RUN_ID in {c.lower() for c in base.names}:
             raise SchemaDefinitionError(
                 f"`{name}`.`{RUN_ID}` is added by lineage=True; do not declare it",
                 table=name,
@@ -287,11 +298,20 @@ class TableSchema:
         if lineage:
             types[RUN_ID] = dt.UUID(nullable=False)
             fks = (*fks, ForeignKey.to(RUN_ID, RUNS_TABLE, RUN_ID))
+        seen: dict[str, str] = {}
         for col in types:
             if not col.isidentifier():
                 raise SchemaDefinitionError(
                     f"`{name}`.{col!r} is not a valid column name", table=name, columns=[col]
                 )
+            if col.lower() in seen:
+                # SQL folds identifiers' case when comparing names: these would collide.
+                raise SchemaDefinitionError(
+                    f"`{name}`.`{col}` differs from `{seen[col.lower()]}` only in case",
+                    table=name,
+                    columns=[col],
+                )
+            seen[col.lower()] = col
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "schema", ibis.schema(types))
         object.__setattr__(self, "primary_key", tuple(primary_key))
@@ -316,6 +336,13 @@ class TableSchema:
                 f"`{self.name}` declares no primary key", table=self.name
             )
         self._require(self.primary_key, "the primary key")
+        repeated = sorted({c for c in self.primary_key if self.primary_key.count(c) > 1})
+        if repeated:
+            raise SchemaDefinitionError(
+                f"`{self.name}`: the primary key names `{repeated[0]}` more than once",
+                table=self.name,
+                columns=repeated,
+            )
         for col in self.primary_key:
             if self.schema[col].nullable:
                 raise SchemaDefinitionError(
@@ -342,11 +369,57 @@ class TableSchema:
                     table=self.name,
                     columns=[check.column],
                 )
-        names = [c.name for c in self.checks]
-        if len(set(names)) != len(names):
-            raise SchemaDefinitionError(
-                f"`{self.name}` declares two checks with the same name", table=self.name
+        seen: dict[str, Check] = {}
+        for check in self.checks:
+            if check.name in seen:
+                raise SchemaDefinitionError(
+                    f"`{self.name}` declares two checks with the same name "
+                    f"`{check.name}` ({seen[check.name].describe()}; {check.describe()}); "
+                    "merge them",
+                    table=self.name,
+                    columns=check.columns[:1],
+                )
+            seen[check.name] = check
+            self._check_types(check)
+            if len(f"{self.name}_{check.name}") > 63:
+                raise SchemaDefinitionError(
+                    f"`{self.name}`: constraint name `{self.name}_{check.name}` is longer than "
+                    "PostgreSQL's 63-byte limit; shorten the table or column name",
+                    table=self.name,
+                    columns=check.columns[:1],
+                )
+
+    def _check_types(self, check: Check) -> None:
+        """A check's values and columns must fit the column types (SQL would refuse the DDL)."""
+        if isinstance(check, NotBefore):
+            a, b = (self.schema[c].copy(nullable=True) for c in check.columns)
+            comparable = a == b or (a.is_numeric() and b.is_numeric())
+            if not comparable:
+                raise SchemaDefinitionError(
+                    f"`{self.name}`: NotBefore compares `{check.later}` ({a}) with "
+                    f"`{check.earlier}` ({b}); they must have the same type",
+                    table=self.name,
+                    columns=check.columns,
+                )
+            return
+        dtype = self.schema[check.column]
+        for value in check.values:
+            ok = (
+                isinstance(value, str) if dtype.is_string()
+                else isinstance(value, bool) if dtype.is_boolean()
+                else isinstance(value, int) and not isinstance(value, bool) if dtype.is_integer()
+                else isinstance(value, (int, float)) and not isinstance(value, bool)
+                if dtype.is_floating()
+                else False
             )
+            if not ok:
+                raise SchemaDefinitionError(
+                    f"`{self.name}`.`{check.column}` is {dtype}, but {check.name} lists "
+                    f"{value!r}; checks with values apply to string, integer, float and "
+                    "boolean columns, with values of that type",
+                    table=self.name,
+                    columns=[check.column],
+                )
 
     @property
     def column_names(self) -> tuple[str, ...]:
