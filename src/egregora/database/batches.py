@@ -11,7 +11,8 @@ statement on a private in-memory connection): no per-row Python.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -31,7 +32,7 @@ _FAILURE_SCHEMA = pa.schema(
 )
 
 
-def failures_table(rows: list[tuple[str, str, str | None, str | None]]) -> pa.Table:
+def failures_table(rows: Sequence[tuple[str, str, str | None, str | None]]) -> pa.Table:
     """The ``failures`` table of an error: one row per (column, check, value, key)."""
     cols = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
     return pa.table([pa.array(c, pa.string()) for c in cols], schema=_FAILURE_SCHEMA)
@@ -53,6 +54,40 @@ def to_reader(data: Any, *, table: str) -> pa.RecordBatchReader:
         "(pandas, polars, DuckDB relation)",
         table=table,
     )
+
+
+def key_batch(table: TableSchema, keys: Sequence[Any]) -> pa.Table:
+    """Primary-key values as an Arrow table of the key's columns, in their boundary types.
+
+    A single-column key takes plain values, a composite key tuples; ``uuid.UUID`` values are
+    taken as their text.
+
+    Raises:
+        ValidationError: a key has the wrong number of parts or a value of the wrong type;
+            ``failures`` lists each problem.
+    """
+    pk = table.primary_key
+    rows = [key if isinstance(key, tuple) else (key,) for key in keys]
+    problems: list[tuple[str, str, str | None, str | None]] = [
+        (", ".join(pk), "key_parts", repr(key), None) for key in rows if len(key) != len(pk)
+    ]
+    columns: dict[str, pa.Array] = {}
+    if not problems:
+        for i, name in enumerate(pk):
+            values = [str(key[i]) if isinstance(key[i], uuid.UUID) else key[i] for key in rows]
+            try:
+                columns[name] = pa.array(values, arrow_type(table.schema[name]))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                problems.append((name, "type", str(exc).splitlines()[0], None))
+    if problems:
+        raise ValidationError(
+            f"the keys for `{table.name}` do not fit its primary key ({', '.join(pk)})",
+            table=table.name,
+            columns=sorted({p[0] for p in problems}),
+            failures=failures_table(problems),
+            examples=[f"{c}: {check} ({v})" for c, check, v, _ in problems],
+        )
+    return pa.table(columns, schema=pa.schema([(c, arrow_type(table.schema[c])) for c in pk]))
 
 
 def chunks(reader: pa.RecordBatchReader, *, max_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pa.Table]:
@@ -81,7 +116,8 @@ def chunks(reader: pa.RecordBatchReader, *, max_rows: int = DEFAULT_CHUNK_ROWS) 
 
 def _uuid_bytes_to_text(arr: pa.Array) -> pa.Array:
     """16-byte UUIDs (``arrow.uuid`` or fixed_size_binary(16)) as canonical text, vectorised."""
-    if isinstance(arr.type, pa.ExtensionType):
+    # BaseExtensionType: pyarrow's canonical pa.uuid() is not a (Python) pa.ExtensionType.
+    if isinstance(arr.type, pa.BaseExtensionType):
         arr = arr.storage
     n = len(arr)
     raw = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=16 * (n + arr.offset))
@@ -113,8 +149,8 @@ def _nested_to_json(arr: pa.Array) -> pa.Array:
 
 
 def _is_uuid_bytes(t: pa.DataType) -> bool:
-    storage = t.storage_type if isinstance(t, pa.ExtensionType) else t
-    return pa.types.is_fixed_size_binary(storage) and storage.byte_width == 16
+    storage = t.storage_type if isinstance(t, pa.BaseExtensionType) else t
+    return bool(pa.types.is_fixed_size_binary(storage) and storage.byte_width == 16)
 
 
 def _cast(arr: pa.Array, target_dtype: dt.DataType, target: pa.DataType) -> pa.Array | str:

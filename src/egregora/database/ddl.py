@@ -12,7 +12,7 @@ removing their keys from the index then reads them back slowly (a 1M-row delete 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import ibis.expr.datatypes as dt
 from ibis.backends.sql.datatypes import DuckDBType, PostgresType
@@ -36,11 +36,14 @@ DIALECTS: tuple[Dialect, ...] = ("duckdb", "postgres")
 class UsingCompression(exp.Expression, exp.ColumnConstraintKind):
     """DuckDB's ``USING COMPRESSION <method>`` column option."""
 
-    arg_types = {"this": True}
+    arg_types: ClassVar[dict[str, bool]] = {"this": True}
+
+
+_DuckDBGenerator: Any = DuckDB.Generator
 
 
 class _DuckDBWithCompression(DuckDB):
-    class Generator(DuckDB.Generator):
+    class Generator(_DuckDBGenerator):  # type: ignore[misc]
         TRANSFORMS = {  # noqa: RUF012 - sqlglot's generator API is a class-level mapping
             **DuckDB.Generator.TRANSFORMS,
             UsingCompression: lambda self, e: f"USING COMPRESSION {self.sql(e, 'this')}",
@@ -68,8 +71,10 @@ def column_type(dtype: dt.DataType, dialect: Dialect) -> exp.DataType:
             return exp.DataType.build("JSONB")
         if isinstance(dtype, dt.String):
             return exp.DataType.build("TEXT")
-        return PostgresType.from_ibis(dtype)
-    return DuckDBType.from_ibis(dtype)
+        built: exp.DataType = PostgresType.from_ibis(dtype)
+        return built
+    built = DuckDBType.from_ibis(dtype)
+    return built
 
 
 def literal(value: Any) -> exp.Expression:
@@ -81,11 +86,11 @@ def literal(value: Any) -> exp.Expression:
     return exp.Literal.string(str(value))
 
 
-def _not_null(name: str) -> exp.Expression:
+def _not_null(name: str) -> exp.Expr:
     return exp.Not(this=exp.Is(this=column(name), expression=exp.Null()))
 
 
-def check_condition(check: Check) -> exp.Expression:
+def check_condition(check: Check) -> exp.Expr:
     """The SQL condition of a declared check (NULL passes, as in every SQL CHECK)."""
     if isinstance(check, OneOf):
         return exp.In(this=column(check.column), expressions=[literal(v) for v in check.values])

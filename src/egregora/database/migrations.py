@@ -78,7 +78,7 @@ class MigrationPlan:
         ]
 
 
-def canonical_check(condition: exp.Expression | str, dialect: ddl.Dialect = "duckdb") -> str:
+def canonical_check(condition: exp.Expr | str, dialect: ddl.Dialect = "duckdb") -> str:
     """A CHECK condition in a form that ignores parentheses, quoting and case of names.
 
     DuckDB and PostgreSQL store CHECK expressions re-parenthesised; comparing this form of

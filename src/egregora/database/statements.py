@@ -12,7 +12,7 @@ from typing import Literal
 from sqlglot import exp
 
 from egregora.database.ddl import column, column_type, ident
-from egregora.database.model import RUN_ID, ForeignKey, TableSchema
+from egregora.database.model import RUN_ID, Catalog, ForeignKey, TableSchema
 
 OnConflict = Literal["error", "ignore", "update"]
 ON_CONFLICT_CHOICES: tuple[OnConflict, ...] = ("error", "ignore", "update")
@@ -91,7 +91,9 @@ def insert_from(
     return node
 
 
-def _join_condition(left: str, lcols: tuple[str, ...], right: str, rcols: tuple[str, ...]) -> exp.Expression:
+def _join_condition(
+    left: str, lcols: tuple[str, ...], right: str, rcols: tuple[str, ...]
+) -> exp.Expr:
     return exp.and_(
         *(
             exp.EQ(this=qualified(left, a), expression=qualified(right, b))
@@ -217,4 +219,78 @@ def delete_referencing(child: TableSchema, fk: ForeignKey) -> exp.Delete:
     return exp.Delete(
         this=table_ref(child.name),
         where=exp.Where(this=exp.In(this=target, query=exp.Subquery(this=parent_rows))),
+    )
+
+
+def purged_rows(catalog: Catalog, table: TableSchema, *, dependents: bool) -> exp.Condition | None:
+    """The rows of ``table`` that purging a run removes, the run id bound at every ``?``.
+
+    They are the rows the run wrote and, with ``dependents``, the rows that reference removed
+    rows of other tables, transitively (an annotation of a later run on a document of the
+    run, a reply to that annotation, ...). Parents are still present when a child table is
+    purged (children go first), so each level is a subquery on its parent. None when no row
+    of ``table`` can be concerned. Self-references are not followed.
+    """
+    parts: list[exp.Condition] = []
+    if table.lineage:
+        parts.append(exp.EQ(this=qualified(table.name, RUN_ID), expression=param()))
+    for fk in table.foreign_keys if dependents else ():
+        if fk.columns == (RUN_ID,) or fk.ref_table == table.name:
+            continue
+        parent = catalog[fk.ref_table]
+        removed = purged_rows(catalog, parent, dependents=True)
+        if removed is None:
+            continue
+        keys = (
+            exp.select(*(qualified(parent.name, c) for c in fk.ref_columns))
+            .from_(table_ref(parent.name))
+            .where(removed)
+        )
+        target = (
+            qualified(table.name, fk.columns[0])
+            if len(fk.columns) == 1
+            else exp.Tuple(expressions=[qualified(table.name, c) for c in fk.columns])
+        )
+        parts.append(exp.In(this=target, query=exp.Subquery(this=keys)))
+    return exp.or_(*parts) if parts else None
+
+
+def delete_where(table: str, condition: exp.Condition) -> exp.Delete:
+    """``DELETE FROM table WHERE condition``."""
+    return exp.Delete(this=table_ref(table), where=exp.Where(this=condition))
+
+
+def _in_keys(table: TableSchema, columns: tuple[str, ...], source: str, keys: tuple[str, ...]) -> exp.In:
+    """``(columns) IN (SELECT CAST(keys AS type of columns) FROM source)``."""
+    listed = exp.select(
+        *(
+            exp.cast(column(k), column_type(table.schema[c].copy(nullable=True), "duckdb"))
+            for c, k in zip(columns, keys, strict=True)
+        )
+    ).from_(table_ref(source))
+    target = (
+        column(columns[0])
+        if len(columns) == 1
+        else exp.Tuple(expressions=[column(c) for c in columns])
+    )
+    return exp.In(this=target, query=exp.Subquery(this=listed))
+
+
+def delete_keys(table: TableSchema, source: str) -> exp.Delete:
+    """``DELETE FROM table WHERE (key) IN (SELECT key FROM source)``: the rows whose primary
+    key ``source`` (a batch of key columns) lists."""
+    pk = table.primary_key
+    return exp.Delete(this=table_ref(table.name), where=exp.Where(this=_in_keys(table, pk, source, pk)))
+
+
+def referencing_rows(child: TableSchema, fk: ForeignKey, source: str) -> exp.Select:
+    """The key and reference of the rows of ``child`` whose ``fk`` points at a parent key
+    listed in ``source`` (a batch of the parent's key columns): what a delete of those
+    parents would leave dangling."""
+    shown = dict.fromkeys((*child.primary_key, *fk.columns))
+    return (
+        exp.select(*(column(c) for c in shown))
+        .from_(table_ref(child.name))
+        .where(_in_keys(child, fk.columns, source, fk.ref_columns))
+        .order_by(*(column(c) for c in child.primary_key))
     )

@@ -24,7 +24,7 @@ from egregora.database.errors import (
     StorageError,
     ValidationError,
 )
-from egregora.database.model import RUN_ID, TableSchema
+from egregora.database.model import RUN_ID, Catalog, TableSchema
 
 _SCRATCH_VIEW = "egregora_failed_batch"
 _QUOTED_KEY = re.compile(r'key "([^"]*)"')
@@ -99,7 +99,9 @@ def _duplicate_error(
         # which the rollback removed again; DuckDB's message names it.
         keys = [k.replace(": ", "=") for k in _QUOTED_KEY.findall(text)]
         where = "already written earlier in this call"
-    rows = [(", ".join(schema.primary_key), "duplicate_key", None, k) for k in keys]
+    rows: list[tuple[str, str, str | None, str | None]] = [
+        (", ".join(schema.primary_key), "duplicate_key", None, k) for k in keys
+    ]
     return DuplicateKeyError(
         f"{len(keys)} rows of `{schema.name}` repeat a primary key {where}"
         " (use on_conflict='ignore' or 'update' to allow it)",
@@ -220,4 +222,56 @@ def refuse_moved_references(
         failures=failures_table([(", ".join(refs), "reference_changed", None, k) for k in keys]),
         examples=keys,
         total=len(keys),
+    )
+
+
+def diagnose_delete_failure(
+    con: duckdb.DuckDBPyConnection,
+    exc: duckdb.Error,
+    schema: TableSchema,
+    catalog: Catalog,
+    source: str,
+) -> StorageError:
+    """The library error for a refused delete of the keys that ``source`` lists.
+
+    DuckDB refuses to delete a parent that rows still reference and names one of them; this
+    lists every referencing row of every child table (one query per foreign key, after the
+    failed statement has been rolled back).
+
+    Args:
+        con: The write connection, outside any transaction.
+        exc: What DuckDB raised.
+        schema: The table the rows were to be deleted from.
+        catalog: The declared tables, to find the children of ``schema``.
+        source: A registered batch of the keys to delete.
+    """
+    text = _first_line(exc)
+    if not (isinstance(exc, duckdb.ConstraintException) and "still referenced" in text):
+        return translate_duckdb_error(exc, table=schema.name, run_id=None)
+    rows: list[tuple[str, str, str | None, str | None]] = []
+    examples: list[str] = []
+    children: list[str] = []
+    for child, fk in schema.referenced_by(catalog):
+        found = con.execute(ddl.to_sql(statements.referencing_rows(child, fk, source)))
+        for row in found.to_arrow_table().to_pylist():
+            reference = ", ".join(f"{c}={str(row[c])!r}" for c in fk.columns)
+            rows.append(
+                (f"{child.name}.{', '.join(fk.columns)}", "still_referenced", reference,
+                 key_text(child, row))
+            )
+            examples.append(f"{child.name} {key_text(child, row)} -> {reference}")
+            if child.name not in children:
+                children.append(child.name)
+    if not rows:
+        return translate_duckdb_error(exc, table=schema.name, run_id=None)
+    return ForeignKeyViolationError(
+        f"cannot delete from `{schema.name}`: {len(rows)} rows of "
+        f"{', '.join(f'`{c}`' for c in children)} still reference the rows to delete. "
+        "Delete those first, in an earlier call (DuckDB has no cascade and refuses a parent "
+        "delete in the transaction that deleted its children)",
+        table=schema.name,
+        columns=sorted({r[0] for r in rows}),
+        failures=failures_table(rows),
+        examples=examples,
+        total=len(rows),
     )
