@@ -23,7 +23,7 @@ MESSAGE_EXAMPLES = 5
 def _shown(value: Any) -> str:
     # Examples arrive pre-rendered ("document_id='d-17'"); long ones are cut.
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def format_examples(values: Sequence[Any], *, total: int | None = None) -> str:
@@ -154,6 +154,16 @@ class ValidationError(RowError, ValueError):
 class LineageError(ValidationError):
     """A batch's lineage columns are wrong: ``run_id`` missing, foreign, or ``created_at``
     naive or before the run started."""
+
+
+class UnknownRunError(LineageError, RunNotFoundError):
+    """A write to a lineage table names a run that does not exist. Every row of the batch is
+    at fault: ``failures`` has one row for the batch (``key`` NULL)."""
+
+
+class RunNotRunningError(LineageError, RunStateError):
+    """A write to a lineage table names a run that has ended. Every row of the batch is at
+    fault: ``failures`` has one row for the batch (``key`` NULL)."""
 
 
 class ConstraintViolationError(RowError, ValueError):
