@@ -7,6 +7,8 @@ row carries the ``run_id`` of the run that wrote it (:mod:`egregora.database.lin
 """
 
 from egregora.database import errors
+from egregora.database.backend import StorageManager
+from egregora.database.connect import connect
 from egregora.database.ids import new_id
 from egregora.database.model import (
     Catalog,
@@ -43,7 +45,9 @@ __all__ = [
     "Run",
     "RunStatus",
     "RunStore",
+    "StorageManager",
     "TableSchema",
+    "connect",
     "errors",
     "new_id",
 ]

@@ -19,7 +19,7 @@ from egregora.database.model import RUN_ID, RUNS_TABLE, ForeignKey, TableSchema
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-    from egregora.database.storage import DuckDBStorageManager
+    from egregora.database.backend import StorageManager
 
 #: Runs whose rows should not stay in a sound store unless rolled back or kept on purpose.
 UNFINISHED_STATUSES = ("FAILED", "CANCELLED", "CRASHED")
@@ -37,6 +37,8 @@ class Problem:
         count: How many rows it concerns.
         detail: What exactly, in words.
         examples: A few offending keys or values.
+        items: How many items the examples are drawn from: rows when None, runs for the
+            per-run kinds, repeated keys for ``duplicate_key``.
     """
 
     kind: str
@@ -44,11 +46,11 @@ class Problem:
     count: int
     detail: str
     examples: tuple[str, ...] = ()
-    #: How many items the examples are drawn from (rows by default; runs for per-run kinds).
     items: int | None = None
 
     def __str__(self) -> str:
-        shown = ", ".join(self.examples)
+        # "; ": an example may itself list several columns ("id=…, document_id=…").
+        shown = "; ".join(self.examples)
         items = self.count if self.items is None else self.items
         more = f" and {items - len(self.examples)} more" if items > len(self.examples) else ""
         return f"{self.kind}: {self.count} in `{self.table}` ({self.detail})" + (
@@ -89,7 +91,9 @@ class IntegrityReport:
         return pa.Table.from_pylist(rows, schema=schema)
 
 
-def _count_and_sample(storage: DuckDBStorageManager, expr: ir.Table, cols: list[str]) -> tuple[int, tuple[str, ...]]:
+def _count_and_sample(
+    storage: StorageManager, expr: ir.Table, cols: list[str]
+) -> tuple[int, tuple[str, ...]]:
     count = int(storage.to_arrow(expr.count().as_table()).column(0)[0].as_py())
     if not count:
         return 0, ()
@@ -97,14 +101,17 @@ def _count_and_sample(storage: DuckDBStorageManager, expr: ir.Table, cols: list[
     return count, tuple(", ".join(f"{c}={r[c]!s}" for c in cols) for r in rows)
 
 
-def _orphans(storage: DuckDBStorageManager, schema: TableSchema, fk: ForeignKey) -> Problem | None:
+def _orphans(storage: StorageManager, schema: TableSchema, fk: ForeignKey) -> Problem | None:
     child = storage.table(schema.name)
     # .view(): a self-reference (runs.parent_run_id) needs two distinct relations to join.
     parent = storage.table(fk.ref_table).view()
     pred = [child[c] == parent[r] for c, r in zip(fk.columns, fk.ref_columns, strict=True)]
     refs = child
     for c in fk.columns:
-        refs = refs.filter(refs[c].notnull())
+        # A NULL in a nullable reference points nowhere on purpose; in a NOT NULL one (a
+        # run_id above all) it is a row whose parent is missing, and the anti-join keeps it.
+        if schema.schema[c].nullable:
+            refs = refs.filter(refs[c].notnull())
     missing = refs.anti_join(parent, pred)
     count, examples = _count_and_sample(storage, missing, [*schema.primary_key, *fk.columns])
     if not count:
@@ -113,20 +120,26 @@ def _orphans(storage: DuckDBStorageManager, schema: TableSchema, fk: ForeignKey)
     return Problem(kind, schema.name, count, f"{fk.describe()} points at no row", examples)
 
 
-def _duplicates(storage: DuckDBStorageManager, schema: TableSchema) -> Problem | None:
+def _duplicates(storage: StorageManager, schema: TableSchema) -> Problem | None:
     t = storage.table(schema.name)
-    dupes = t.group_by(list(schema.primary_key)).aggregate(copies=t.count()).filter(
-        ibis._.copies > 1
-    )
-    count, examples = _count_and_sample(storage, dupes, list(schema.primary_key))
-    if not count:
+    pk = list(schema.primary_key)
+    dupes = t.group_by(pk).aggregate(copies=t.count()).filter(ibis._.copies > 1)
+    found = storage.to_arrow(
+        dupes.aggregate(keys=dupes.count(), rows=dupes.copies.sum())
+    ).to_pylist()[0]
+    if not found["keys"]:
         return None
-    return Problem("duplicate_key", schema.name, count,
-                   f"primary key ({', '.join(schema.primary_key)}) repeated", examples)
+    sample = storage.to_arrow(dupes.order_by(pk).limit(_SAMPLE)).to_pylist()
+    examples = tuple(
+        ", ".join(f"{c}={r[c]!s}" for c in pk) + f" ({r['copies']} copies)" for r in sample
+    )
+    # count: the rows that share a key (what a repair must look at); items: the keys.
+    return Problem("duplicate_key", schema.name, int(found["rows"]),
+                   f"primary key ({', '.join(pk)}) repeated", examples, items=int(found["keys"]))
 
 
 def _rows_of_runs(
-    storage: DuckDBStorageManager, schema: TableSchema, runs: ir.Table, kind: str, detail: str
+    storage: StorageManager, schema: TableSchema, runs: ir.Table, kind: str, detail: str
 ) -> Problem | None:
     t = storage.table(schema.name)
     rows = t.semi_join(runs, t[RUN_ID] == runs[RUN_ID])
@@ -140,7 +153,7 @@ def _rows_of_runs(
     return Problem(kind, schema.name, count, detail, examples, items=n_runs)
 
 
-def audit(storage: DuckDBStorageManager) -> IntegrityReport:
+def audit(storage: StorageManager) -> IntegrityReport:
     """Check every declared table of the store; see :class:`Problem` for the kinds."""
     problems: list[Problem | None] = []
     runs = storage.table(RUNS_TABLE)

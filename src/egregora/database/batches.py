@@ -38,6 +38,24 @@ def failures_table(rows: Sequence[tuple[str, str, str | None, str | None]]) -> p
     return pa.table([pa.array(c, pa.string()) for c in cols], schema=_FAILURE_SCHEMA)
 
 
+def canonical_uuid_text(value: object) -> str:
+    """A UUID (object or text in any case) as canonical lower-case text; other text as is.
+
+    The writing run's id is compared as text with a batch's ``run_id`` column, so
+    ``"0193AB…"`` and ``"0193ab…"`` must become the same string. Text that is no UUID is kept
+    for the run lookup to refuse.
+
+    >>> canonical_uuid_text("0193AB00-0000-7000-8000-00000000000A")
+    '0193ab00-0000-7000-8000-00000000000a'
+    >>> canonical_uuid_text("not-a-uuid")
+    'not-a-uuid'
+    """
+    try:
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+    except ValueError:
+        return str(value)
+
+
 def to_reader(data: Any, *, table: str) -> pa.RecordBatchReader:
     """Any accepted input as a stream of record batches."""
     if isinstance(data, pa.RecordBatchReader):
@@ -90,7 +108,9 @@ def key_batch(table: TableSchema, keys: Sequence[Any]) -> pa.Table:
     return pa.table(columns, schema=pa.schema([(c, arrow_type(table.schema[c])) for c in pk]))
 
 
-def chunks(reader: pa.RecordBatchReader, *, max_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[pa.Table]:
+def chunks(
+    reader: pa.RecordBatchReader, *, max_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[pa.Table]:
     """Regroup a stream into tables of at most ``max_rows`` rows (at least one, maybe empty).
 
     Small batches are merged so that many tiny batches cost one insert, large ones split so
@@ -153,7 +173,9 @@ def _is_uuid_bytes(t: pa.DataType) -> bool:
     return bool(pa.types.is_fixed_size_binary(storage) and storage.byte_width == 16)
 
 
-def _cast(arr: pa.Array, target_dtype: dt.DataType, target: pa.DataType) -> pa.Array | str:
+def _cast(  # noqa: PLR0911, PLR0912 - one rule per kind of target type, read top to bottom
+    arr: pa.Array, target_dtype: dt.DataType, target: pa.DataType
+) -> pa.Array | str:
     """The column cast to ``target``, or the reason it cannot be cast without loss."""
     src = arr.type
     if src == target:
@@ -162,8 +184,9 @@ def _cast(arr: pa.Array, target_dtype: dt.DataType, target: pa.DataType) -> pa.A
         return pa.nulls(len(arr), target)
     if pa.types.is_dictionary(src):
         return _cast(arr.dictionary_decode(), target_dtype, target)
-    is_text = pa.types.is_string(src) or pa.types.is_large_string(src) or pa.types.is_string_view(src)
-    is_bytes = pa.types.is_binary(src) or pa.types.is_large_binary(src) or pa.types.is_binary_view(src)
+    types = pa.types
+    is_text = types.is_string(src) or types.is_large_string(src) or types.is_string_view(src)
+    is_bytes = types.is_binary(src) or types.is_large_binary(src) or types.is_binary_view(src)
     ok = False
     if isinstance(target_dtype, dt.UUID) and _is_uuid_bytes(src):
         return _uuid_bytes_to_text(arr)
@@ -219,7 +242,11 @@ def conform(table: TableSchema, data: pa.Table, *, run_id: str | None) -> pa.Tab
             elif name not in dupes:
                 problems.append((name, "missing_column", None, None))
             continue
-        col = data.column(name).combine_chunks() if data.num_rows else pa.array([], data.schema.field(name).type)
+        col = (
+            data.column(name).combine_chunks()
+            if data.num_rows
+            else pa.array([], data.schema.field(name).type)
+        )
         cast = _cast(col, dtype, target)
         if isinstance(cast, str):
             problems.append((name, "type", cast, None))

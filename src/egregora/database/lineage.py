@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,18 +28,18 @@ from egregora.database.model import RUN_ID, RUNS_TABLE, TableSchema
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-    from egregora.database.storage import DuckDBStorageManager
+    from egregora.database.backend import StorageManager
 
 #: The statuses whose rows committed reads show.
 COMMITTED_STATUSES = ("COMPLETED",)
 
 
-def lineage_tables(storage: DuckDBStorageManager) -> tuple[TableSchema, ...]:
+def lineage_tables(storage: StorageManager) -> tuple[TableSchema, ...]:
     """The store's tables whose rows carry a ``run_id``, parents first."""
     return tuple(t for t in storage.catalog.creation_order() if t.lineage)
 
 
-def _lineage_table(storage: DuckDBStorageManager, name: str) -> TableSchema:
+def _lineage_table(storage: StorageManager, name: str) -> TableSchema:
     schema = storage.catalog[name]
     if not schema.lineage:
         raise TableNotFoundError(
@@ -49,18 +50,31 @@ def _lineage_table(storage: DuckDBStorageManager, name: str) -> TableSchema:
     return schema
 
 
-def _uuid(value: Any) -> ir.Value:
-    return ibis.literal(str(value), type="uuid")
+def _canonical_uuid(value: Any) -> str | None:
+    """``value`` as canonical UUID text, or None when it is not a UUID (no row can hold it)."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
 
 
-def rows_of_run(storage: DuckDBStorageManager, table: str, run_id: str) -> ir.Table:
+def _equals_uuid(column: ir.Value, value: Any) -> ir.BooleanValue:
+    # A literal that is not a UUID would fail only when the expression runs; nothing can
+    # equal it, so the predicate is simply false.
+    text = _canonical_uuid(value)
+    if text is None:
+        return ibis.literal(False)
+    return column == ibis.literal(text, type="uuid")
+
+
+def rows_of_run(storage: StorageManager, table: str, run_id: str) -> ir.Table:
     """The rows that run ``run_id`` wrote in ``table``."""
     _lineage_table(storage, table)
     t = storage.table(table)
-    return t.filter(t[RUN_ID] == _uuid(run_id))
+    return t.filter(_equals_uuid(t[RUN_ID], run_id))
 
 
-def committed(storage: DuckDBStorageManager, table: str) -> ir.Table:
+def committed(storage: StorageManager, table: str) -> ir.Table:
     """The rows of ``table`` written by runs that completed.
 
     Rows of runs still running, failed, cancelled, crashed or rolled back are hidden, so
@@ -75,19 +89,24 @@ def committed(storage: DuckDBStorageManager, table: str) -> ir.Table:
 
 
 def _key_predicate(schema: TableSchema, t: ir.Table, key: Any) -> ir.BooleanValue:
-    values: Mapping[str, Any] = (
-        key if isinstance(key, Mapping) else dict(zip(schema.primary_key, (key,), strict=True))
-    )
-    missing = [c for c in schema.primary_key if c not in values]
-    if missing or len(values) != len(schema.primary_key):
+    pk = schema.primary_key
+    if isinstance(key, Mapping):
+        values: Mapping[str, Any] = key
+    elif len(pk) == 1:
+        values = {pk[0]: key}
+    else:
+        values = {}
+    if set(values) != set(pk):
         raise TableNotFoundError(
-            f"`{schema.name}` is keyed by ({', '.join(schema.primary_key)}); got {dict(values)}",
+            f"`{schema.name}` is keyed by ({', '.join(pk)}): pass "
+            + ("the key value or " if len(pk) == 1 else "")
+            + f"a mapping of exactly those columns; got {key!r}",
             table=schema.name,
-            columns=schema.primary_key,
+            columns=pk,
         )
     preds = [
-        t[c] == (_uuid(values[c]) if schema.schema[c].is_uuid() else ibis.literal(values[c]))
-        for c in schema.primary_key
+        _equals_uuid(t[c], values[c]) if schema.schema[c].is_uuid() else t[c] == values[c]
+        for c in pk
     ]
     pred = preds[0]
     for p in preds[1:]:
@@ -95,7 +114,7 @@ def _key_predicate(schema: TableSchema, t: ir.Table, key: Any) -> ir.BooleanValu
     return pred
 
 
-def provenance(storage: DuckDBStorageManager, table: str, key: Any) -> ir.Table:
+def provenance(storage: StorageManager, table: str, key: Any) -> ir.Table:
     """The run (with its config) that wrote the row of ``table`` whose primary key is ``key``.
 
     Args:
@@ -113,9 +132,11 @@ def provenance(storage: DuckDBStorageManager, table: str, key: Any) -> ir.Table:
     return runs.semi_join(row, runs[RUN_ID] == row[RUN_ID])
 
 
-def rows_per_run(storage: DuckDBStorageManager) -> ir.Table:
+def rows_per_run(storage: StorageManager) -> ir.Table:
     """Per run and lineage table, how many rows the run wrote: ``run_id``, ``name``,
-    ``status``, ``table``, ``rows`` (runs that wrote nothing do not appear)."""
+    ``status``, ``table``, ``rows``, ``started_at``, oldest run first (runs that wrote
+    nothing do not appear)."""
+    runs = storage.table(RUNS_TABLE).select(RUN_ID, "name", "status", "started_at")
     parts = []
     for schema in lineage_tables(storage):
         t = storage.table(schema.name)
@@ -125,40 +146,43 @@ def rows_per_run(storage: DuckDBStorageManager) -> ir.Table:
             .mutate(table=ibis.literal(schema.name))
             .select(RUN_ID, "table", "rows")
         )
+    if not parts:
+        # A catalog of user tables only: the same columns, no rows.
+        return runs.filter(ibis.literal(False)).select(
+            RUN_ID, "name", "status", table=ibis.literal("", type="string"),
+            rows=ibis.literal(0, type="int64"), started_at=runs.started_at,
+        )
     counts = ibis.union(*parts) if len(parts) > 1 else parts[0]
-    runs = storage.table(RUNS_TABLE).select(RUN_ID, "name", "status", "started_at")
     return (
         counts.join(runs, RUN_ID)
         .select(RUN_ID, "name", "status", "table", "rows", "started_at")
-        .order_by(["started_at", "table"])
+        .order_by(["started_at", RUN_ID, "table"])
     )
 
 
-def parent_chain(storage: DuckDBStorageManager, run_id: str) -> ir.Table:
+def parent_chain(storage: StorageManager, run_id: str) -> ir.Table:
     """The run and its ancestors, nearest first, with ``depth`` (0 for the run itself).
+
+    The chain is followed one run at a time (Ibis has no recursive query), so this costs one
+    small query per ancestor; pipelines nest runs a few levels deep.
 
     Raises:
         RunNotFoundError: no run has this id.
     """
     runs = storage.table(RUNS_TABLE)
     chain: list[str] = []
-    current: str | None = str(run_id)
+    current = _canonical_uuid(run_id)
     while current is not None and current not in chain:
         found = storage.to_arrow(
-            runs.filter(runs[RUN_ID] == _uuid(current)).select("parent_run_id")
+            runs.filter(_equals_uuid(runs[RUN_ID], current)).select("parent_run_id")
         ).to_pylist()
         if not found:
-            if not chain:
-                raise RunNotFoundError(f"no run {run_id}", table=RUNS_TABLE, run_id=str(run_id))
             break
         chain.append(current)
         parent = found[0]["parent_run_id"]
         current = None if parent is None else str(parent)
-    depth = ibis.cases(
-        *((runs[RUN_ID] == _uuid(r), i) for i, r in enumerate(chain)), else_=len(chain)
-    )
-    return (
-        runs.filter(runs[RUN_ID].isin([_uuid(r) for r in chain]))
-        .mutate(depth=depth)
-        .order_by("depth")
-    )
+    if not chain:
+        raise RunNotFoundError(f"no run {run_id}", table=RUNS_TABLE, run_id=str(run_id))
+    literals = [ibis.literal(r, type="uuid") for r in chain]
+    depth = ibis.cases(*((runs[RUN_ID] == r, i) for i, r in enumerate(literals)), else_=len(chain))
+    return runs.filter(runs[RUN_ID].isin(literals)).mutate(depth=depth).order_by("depth")

@@ -95,7 +95,18 @@ def canonical_check(condition: exp.Expr | str, dialect: ddl.Dialect = "duckdb") 
     for cast in list(node.find_all(exp.Cast)):
         # PostgreSQL reflects IN lists over text as ... = ANY (ARRAY[...]::text[]).
         cast.replace(cast.this)
-    return node.sql(dialect="duckdb")
+    return node.transform(_canonical_in).sql(dialect="duckdb")
+
+
+def _canonical_in(node: exp.Expr) -> exp.Expr:
+    """``x = ANY (ARRAY[a, b])`` as ``x IN (a, b)``, and a one-value IN as ``=``, the forms
+    in which PostgreSQL stores an IN list."""
+    listed = node.expression.this if isinstance(node, exp.EQ) else None
+    if isinstance(listed, exp.Array) and isinstance(node.expression, exp.Any):
+        node = exp.In(this=node.this, expressions=list(listed.expressions))
+    if isinstance(node, exp.In) and len(node.expressions) == 1:
+        return exp.EQ(this=node.this, expression=node.expressions[0])
+    return node
 
 
 def declared_checks(table: TableSchema) -> frozenset[str]:

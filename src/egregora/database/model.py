@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt_mod
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -433,9 +434,7 @@ class TableSchema:
 
     def to_arrow(self) -> pa.Schema:
         """The Arrow schema of the table at the library's boundary (see :func:`arrow_type`)."""
-        return pa.schema(
-            [pa.field(c, arrow_type(t), nullable=t.nullable) for c, t in self.schema.items()]
-        )
+        return _arrow_schema(self)
 
     def referenced_by(self, catalog: Catalog) -> tuple[tuple[TableSchema, ForeignKey], ...]:
         """The (child table, foreign key) pairs of ``catalog`` that reference this table."""
@@ -541,6 +540,14 @@ class Catalog:
     def deletion_order(self) -> tuple[TableSchema, ...]:
         """Children before parents: the order in which rows can be removed."""
         return tuple(reversed(self.creation_order()))
+
+
+@functools.lru_cache(maxsize=256)
+def _arrow_schema(table: TableSchema) -> pa.Schema:
+    # Asked for on every write (conform, run records); derived once per declaration.
+    return pa.schema(
+        [pa.field(c, arrow_type(t), nullable=t.nullable) for c, t in table.schema.items()]
+    )
 
 
 def utc_now() -> dt_mod.datetime:

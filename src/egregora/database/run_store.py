@@ -37,7 +37,7 @@ from egregora.database.schemas import RUNS_SCHEMA
 if TYPE_CHECKING:
     import ibis.expr.types as ir
 
-    from egregora.database.storage import DuckDBStorageManager
+    from egregora.database.backend import StorageManager
 
 
 class RunStatus(enum.StrEnum):
@@ -98,8 +98,24 @@ class Run:
         return pa.Table.from_pylist([values], schema=RUNS_SCHEMA.to_arrow())
 
 
+def _checked_text(value: str, path: str) -> str:
+    # A lone surrogate is a Python str but not Unicode text: JSON, hashing and the store
+    # would all fail on it later, with less helpful errors.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"config text at {path} is not valid Unicode ({exc.reason})",
+            table=RUNS_TABLE,
+            columns=["config"],
+        ) from exc
+    return value
+
+
 def _normalise(value: Any, path: str) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        return _checked_text(value, path)
+    if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
         return value
@@ -120,7 +136,7 @@ def _normalise(value: Any, path: str) -> Any:
                     f"config key {key!r} at {path} is not a string", table=RUNS_TABLE,
                     columns=["config"],
                 )
-            out[key] = _normalise(item, f"{path}.{key}")
+            out[_checked_text(key, path)] = _normalise(item, f"{path}.{key}")
         return out
     if isinstance(value, (list, tuple)):
         return [_normalise(item, f"{path}[{i}]") for i, item in enumerate(value)]
@@ -137,7 +153,18 @@ def canonical_json(config: Mapping[str, Any]) -> str:
 
     >>> canonical_json({"b": 1.0, "a": [True, None]})
     '{"a":[true,null],"b":1}'
+
+    Raises:
+        ValidationError: the config is not a mapping, or holds something JSON cannot
+            represent.
     """
+    if not isinstance(config, Mapping):
+        raise ValidationError(
+            f"config must be a mapping of setting names to values, not a "
+            f"{type(config).__name__}",
+            table=RUNS_TABLE,
+            columns=["config"],
+        )
     return json.dumps(
         _normalise(config, "config"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
@@ -195,7 +222,7 @@ class RunStore:
         <RunStatus.COMPLETED: 'COMPLETED'>
     """
 
-    def __init__(self, storage: DuckDBStorageManager) -> None:
+    def __init__(self, storage: StorageManager) -> None:
         self.storage = storage
 
     def start_run(
@@ -208,11 +235,11 @@ class RunStore:
         """Record a new RUNNING run and return it.
 
         Raises:
-            ValidationError: the config is not JSON.
+            ValidationError: the config is not a mapping, or not JSON.
             RunNotFoundError: ``parent_run_id`` names no run.
         """
+        digest = config_hash({} if config is None else config)
         config = dict(config or {})
-        digest = config_hash(config)
         if parent_run_id is not None:
             self.get_run(parent_run_id)
         now = utc_now()
@@ -230,7 +257,7 @@ class RunStore:
         """The run, or None when no run has this id."""
         query = statements.select_where_equal(RUNS_TABLE, list(RUNS_SCHEMA.column_names), [RUN_ID])
         try:
-            rows = self.storage._execute(query, [str(run_id)]).to_pylist()  # noqa: SLF001
+            rows = self.storage._execute(query, [str(run_id)]).to_pylist()
         except ValidationError:
             return None  # not a UUID: no run can have it
         return Run.from_row(rows[0]) if rows else None
@@ -248,7 +275,10 @@ class RunStore:
 
     def list_runs(self) -> ir.Table:
         """An Ibis expression over ``runs``, newest first."""
-        return self.storage.table(RUNS_TABLE).order_by(ibis.desc("started_at"))
+        # run_id breaks ties of started_at: UUIDv7 ids of one process are strictly increasing.
+        return self.storage.table(RUNS_TABLE).order_by(
+            [ibis.desc("started_at"), ibis.desc("run_id")]
+        )
 
     def end_run(
         self,
@@ -263,14 +293,21 @@ class RunStore:
             RunNotFoundError: no run has this id.
             RunStateError: the run is not RUNNING, or ``status`` is not an end status.
         """
-        status = RunStatus(status)
+        try:
+            status = RunStatus(status)
+        except ValueError as exc:
+            raise RunStateError(
+                f"end_run cannot set {status!r}: not a run status; use one of "
+                f"{', '.join(END_STATUSES)}",
+                table=RUNS_TABLE, run_id=str(run_id),
+            ) from exc
         if status not in END_STATUSES:
             raise RunStateError(
                 f"end_run cannot set {status}; use one of {', '.join(END_STATUSES)}"
                 + (" (rollback_run rolls back)" if status is RunStatus.ROLLED_BACK else ""),
                 table=RUNS_TABLE, run_id=str(run_id),
             )
-        with self.storage._lock:  # noqa: SLF001 - read and write of one run must not interleave
+        with self.storage._lock:
             run = self.get_run(run_id)
             if run.status is not RunStatus.RUNNING:
                 raise RunStateError(
@@ -289,10 +326,12 @@ class RunStore:
 
     def heartbeat(self, run_id: str) -> None:
         """Tell the store the run is alive (writes do this on their own)."""
-        with self.storage._lock:  # noqa: SLF001
+        with self.storage._lock:
             run = self.get_run(run_id)
             if run.status is not RunStatus.RUNNING:
-                raise RunStateError(f"run {run_id} is {run.status}", table=RUNS_TABLE, run_id=run_id)
+                raise RunStateError(
+                    f"run {run_id} is {run.status}", table=RUNS_TABLE, run_id=run_id
+                )
             self._save(run, heartbeat_at=max(utc_now(), run.started_at))
 
     @contextlib.contextmanager
@@ -304,17 +343,29 @@ class RunStore:
         parent_run_id: str | None = None,
     ) -> Iterator[Run]:
         """Start a run, and end it COMPLETED on exit or FAILED with the exception's type and
-        message (CANCELLED on KeyboardInterrupt). The exception propagates."""
+        message (CANCELLED on KeyboardInterrupt). The exception propagates.
+
+        A run that the block ended itself (``end_run(..., status=CANCELLED)``) keeps the
+        status it was given, and the block's exception is not hidden by a RunStateError.
+        """
         run = self.start_run(name, config=config, parent_run_id=parent_run_id)
         try:
             yield run
         except KeyboardInterrupt:
-            self.end_run(run.run_id, status=RunStatus.CANCELLED, error="KeyboardInterrupt")
+            self._end_if_running(run.run_id, status=RunStatus.CANCELLED, error="KeyboardInterrupt")
             raise
         except BaseException as exc:
-            self.end_run(run.run_id, status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self._end_if_running(
+                run.run_id, status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
+            )
             raise
-        self.end_run(run.run_id)
+        self._end_if_running(run.run_id, status=RunStatus.COMPLETED, error=None)
+
+    def _end_if_running(self, run_id: str, *, status: RunStatus, error: str | None) -> None:
+        # Under the lock: the check and the end must not interleave with another end.
+        with self.storage._lock:
+            if self.get_run(run_id).status is RunStatus.RUNNING:
+                self.end_run(run_id, status=status, error=error)
 
     def recover_crashed_runs(self, *, heartbeat_timeout: timedelta) -> list[Run]:
         """Mark CRASHED the RUNNING runs whose process is gone or whose heartbeat is stale.
@@ -322,8 +373,9 @@ class RunStore:
         A run of this host whose PID is not alive crashed for certain; any run whose heartbeat
         is older than ``heartbeat_timeout`` is presumed crashed. Returns the runs marked.
         """
-        query = statements.select_where_equal(RUNS_TABLE, list(RUNS_SCHEMA.column_names), ["status"])
-        running = [Run.from_row(r) for r in self.storage._execute(query, ["RUNNING"]).to_pylist()]  # noqa: SLF001
+        columns = list(RUNS_SCHEMA.column_names)
+        query = statements.select_where_equal(RUNS_TABLE, columns, ["status"])
+        running = [Run.from_row(r) for r in self.storage._execute(query, ["RUNNING"]).to_pylist()]
         host, me, now = socket.gethostname(), os.getpid(), utc_now()
         marked = []
         for run in running:

@@ -102,14 +102,18 @@ def _join_condition(
     )
 
 
-def orphans(table: TableSchema, fk: ForeignKey, source: str, *, limit: int | None = None) -> exp.Select:
-    """Distinct non-NULL references of ``source`` (shaped like ``table``) missing from the
-    parent: the rows a FOREIGN KEY would refuse."""
+def orphans(
+    table: TableSchema, fk: ForeignKey, source: str, *, limit: int | None = None
+) -> exp.Select:
+    """The rows of ``source`` (shaped like ``table``) whose non-NULL reference is missing
+    from the parent, the rows a FOREIGN KEY would refuse: the reference's columns, then the
+    row's primary key columns (those not already listed), ordered by reference then key."""
     parent_types = [column_type(table.schema[c].copy(nullable=True), "duckdb") for c in fk.columns]
     refs = [
         exp.cast(qualified("b", c), t).as_(ident(c))
         for c, t in zip(fk.columns, parent_types, strict=True)
     ]
+    keys = [c for c in table.primary_key if c not in fk.columns]
     not_null = exp.and_(*(exp.Not(this=exp.Is(this=qualified("b", c), expression=exp.Null()))
                           for c in fk.columns))
     exists = (
@@ -125,11 +129,10 @@ def orphans(table: TableSchema, fk: ForeignKey, source: str, *, limit: int | Non
         )
     )
     query = (
-        exp.select(*refs)
-        .distinct()
+        exp.select(*refs, *(qualified("b", c).as_(ident(c)) for c in keys))
         .from_(table_ref(source, "b"))
         .where(exp.and_(not_null, exp.Not(this=exp.Exists(this=exists))))
-        .order_by(*(exp.column(ident(c)) for c in fk.columns))
+        .order_by(*(exp.column(ident(c)) for c in (*fk.columns, *keys)))
     )
     return query.limit(limit) if limit else query
 
@@ -260,7 +263,9 @@ def delete_where(table: str, condition: exp.Condition) -> exp.Delete:
     return exp.Delete(this=table_ref(table), where=exp.Where(this=condition))
 
 
-def _in_keys(table: TableSchema, columns: tuple[str, ...], source: str, keys: tuple[str, ...]) -> exp.In:
+def _in_keys(
+    table: TableSchema, columns: tuple[str, ...], source: str, keys: tuple[str, ...]
+) -> exp.In:
     """``(columns) IN (SELECT CAST(keys AS type of columns) FROM source)``."""
     listed = exp.select(
         *(
@@ -280,7 +285,9 @@ def delete_keys(table: TableSchema, source: str) -> exp.Delete:
     """``DELETE FROM table WHERE (key) IN (SELECT key FROM source)``: the rows whose primary
     key ``source`` (a batch of key columns) lists."""
     pk = table.primary_key
-    return exp.Delete(this=table_ref(table.name), where=exp.Where(this=_in_keys(table, pk, source, pk)))
+    return exp.Delete(
+        this=table_ref(table.name), where=exp.Where(this=_in_keys(table, pk, source, pk))
+    )
 
 
 def referencing_rows(child: TableSchema, fk: ForeignKey, source: str) -> exp.Select:

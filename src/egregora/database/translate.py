@@ -8,6 +8,7 @@ back, :func:`diagnose_write_failure` re-examines the failing chunk with anti-joi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -34,12 +35,20 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _is_constraint(exc: duckdb.Error) -> bool:
+    # A key committed first by another connection to the same database surfaces at COMMIT,
+    # as a TransactionException ("Failed to commit: PRIMARY KEY or UNIQUE constraint ...").
+    if isinstance(exc, duckdb.TransactionException):
+        return "constraint" in str(exc).lower()
+    return isinstance(exc, duckdb.ConstraintException)
+
+
 def translate_duckdb_error(
     exc: duckdb.Error, *, table: str | None, run_id: str | None
 ) -> StorageError:
     """The library error for a DuckDB error that needs no further diagnosis."""
     text = _first_line(exc)
-    if isinstance(exc, duckdb.ConstraintException):
+    if _is_constraint(exc):
         kind: type[ConstraintViolationError] = ConstraintViolationError
         if "foreign key" in text.lower():
             kind = ForeignKeyViolationError
@@ -61,49 +70,93 @@ def key_text(schema: TableSchema, row: dict[str, Any]) -> str:
     return ", ".join(f"{c}={str(row[c])!r}" for c in schema.primary_key if c in row)
 
 
-def _orphan_error(
-    con: duckdb.DuckDBPyConnection, schema: TableSchema, run_id: str | None
+#: Runs one query of a diagnosis where the failed chunk is, and returns its rows as Arrow.
+Fetch = Callable[[exp.Expression], pa.Table]
+
+
+def _duckdb_fetch(con: duckdb.DuckDBPyConnection) -> Fetch:
+    return lambda query: con.execute(ddl.to_sql(query)).to_arrow_table()
+
+
+def orphan_error(
+    fetch: Fetch, schema: TableSchema, source: str, *, run_id: str | None
 ) -> StorageError | None:
+    """Every row of ``source`` (a refused chunk shaped like ``schema``) whose reference is
+    missing, as one error; None when there is none. Shared by every backend."""
+    # One failure per offending row (its key, the missing reference); the message shows each
+    # missing reference once, however many rows point at it.
     rows: list[tuple[str, str, str | None, str | None]] = []
+    missing: dict[str, None] = {}
     columns: list[str] = []
     parents: list[str] = []
     for fk in schema.foreign_keys:
-        found = con.execute(ddl.to_sql(statements.orphans(schema, fk, _SCRATCH_VIEW))).fetchall()
-        for values in found:
-            shown = ", ".join(str(v) for v in values)
-            rows.append((", ".join(fk.columns), "foreign_key", shown, None))
+        found = fetch(statements.orphans(schema, fk, source)).to_pylist()
+        for row in found:
+            shown = ", ".join(str(row[c]) for c in fk.columns)
+            rows.append((", ".join(fk.columns), "foreign_key", shown, key_text(schema, row)))
+            missing[", ".join(f"{c}={str(row[c])!r}" for c in fk.columns)] = None
         if found:
             columns.extend(fk.columns)
             parents.append(f"`{fk.ref_table}`.`{', '.join(fk.ref_columns)}`")
     if not rows:
         return None
     return ForeignKeyViolationError(
-        f"{len(rows)} rows of `{schema.name}` reference missing {' and '.join(parents)}",
+        f"{len(rows)} row{'s' if len(rows) != 1 else ''} of `{schema.name}` reference missing "
+        f"{' and '.join(parents)}",
         table=schema.name,
         columns=columns,
         run_id=run_id,
         failures=failures_table(rows),
-        examples=[f"{c}={v!r}" for c, _, v, _ in rows],
-        total=len(rows),
+        examples=list(missing),
+        total=len(missing),
     )
 
 
-def _duplicate_error(
-    con: duckdb.DuckDBPyConnection, schema: TableSchema, run_id: str | None, text: str
+def _key_from_message(schema: TableSchema, quoted: str) -> str:
+    """The key DuckDB quotes in a duplicate-key message, as :func:`key_text` writes it.
+
+    DuckDB writes ``"id: 0193…"`` against stored rows but only ``"0193…"`` against rows of
+    the same transaction; a value that itself holds ", " is shown as DuckDB wrote it.
+    """
+    parts = quoted.split(", ")
+    named = [part.partition(": ") for part in parts]
+    if len(parts) == len(schema.primary_key) and all(
+        sep and name == col for (name, sep, _), col in zip(named, schema.primary_key, strict=True)
+    ):
+        return key_text(schema, {name: value for name, _, value in named})
+    if len(parts) == len(schema.primary_key):
+        return key_text(schema, dict(zip(schema.primary_key, parts, strict=True)))
+    return quoted
+
+
+def duplicate_error(
+    fetch: Fetch,
+    schema: TableSchema,
+    source: str,
+    *,
+    run_id: str | None,
+    message_keys: list[str],
+    message_where: str = "already written earlier in this call",
 ) -> StorageError:
-    found = con.execute(ddl.to_sql(statements.existing_keys(schema, _SCRATCH_VIEW)))
-    keys = [key_text(schema, r) for r in found.to_arrow_table().to_pylist()]
+    """Every key of ``source`` (a refused chunk) that ``schema`` already holds, as one error.
+
+    When no stored row repeats a key, the repeat is of a row written earlier in the same call
+    (another chunk of a stream), which the rollback removed again: ``message_keys``, the keys
+    the database's own message names (written as :func:`key_text` writes them), are reported,
+    with ``message_where`` saying where the repeated row came from.
+    """
+    found = fetch(statements.existing_keys(schema, source))
+    keys = [key_text(schema, r) for r in found.to_pylist()]
     where = "already stored"
     if not keys:
-        # The repeat is of a row written earlier in the same call (another chunk of a stream),
-        # which the rollback removed again; DuckDB's message names it.
-        keys = [k.replace(": ", "=") for k in _QUOTED_KEY.findall(text)]
-        where = "already written earlier in this call"
+        keys = message_keys
+        where = message_where
     rows: list[tuple[str, str, str | None, str | None]] = [
         (", ".join(schema.primary_key), "duplicate_key", None, k) for k in keys
     ]
     return DuplicateKeyError(
-        f"{len(keys)} rows of `{schema.name}` repeat a primary key {where}"
+        f"{len(keys)} row{'s' if len(keys) != 1 else ''} of `{schema.name}` repeat"
+        f"{'s' if len(keys) == 1 else ''} a primary key {where}"
         " (use on_conflict='ignore' or 'update' to allow it)",
         table=schema.name,
         columns=schema.primary_key,
@@ -126,9 +179,12 @@ def _invalid_values(name: str, dtype: dt.DataType) -> tuple[exp.Expression, str]
     return None
 
 
-def _conversion_error(
-    con: duckdb.DuckDBPyConnection, schema: TableSchema, run_id: str | None, text: str
+def invalid_values_error(
+    con: duckdb.DuckDBPyConnection, schema: TableSchema, source: str, *, run_id: str | None,
+    text: str,
 ) -> StorageError:
+    """Every uuid or json text of ``source`` (a refused chunk registered in DuckDB) that is
+    not valid for its column, as one error."""
     rows: list[tuple[str, str, str | None, str | None]] = []
     for name, dtype in schema.schema.items():
         test = _invalid_values(name, dtype)
@@ -137,7 +193,7 @@ def _conversion_error(
         condition, check = test
         query = (
             exp.select(ddl.column(name), *(ddl.column(c) for c in schema.primary_key))
-            .from_(statements.table_ref(_SCRATCH_VIEW))
+            .from_(statements.table_ref(source))
             .where(exp.and_(exp.Not(this=exp.Is(this=ddl.column(name), expression=exp.Null())),
                             condition))
         )
@@ -177,19 +233,31 @@ def diagnose_write_failure(
         run_id: The writing run.
     """
     text = _first_line(exc)
-    if chunk is None or not isinstance(exc, duckdb.ConstraintException | duckdb.ConversionException):
+    if chunk is None or not (_is_constraint(exc) or isinstance(exc, duckdb.ConversionException)):
         return translate_duckdb_error(exc, table=schema.name, run_id=run_id)
     batch = conform(schema, chunk, run_id=run_id)
     con.register(_SCRATCH_VIEW, batch)
     try:
         if isinstance(exc, duckdb.ConversionException):
-            return _conversion_error(con, schema, run_id, text)
+            return invalid_values_error(con, schema, _SCRATCH_VIEW, run_id=run_id, text=text)
         if "foreign key" in text.lower():
-            found = _orphan_error(con, schema, run_id)
+            found = orphan_error(_duckdb_fetch(con), schema, _SCRATCH_VIEW, run_id=run_id)
             if found is not None:
                 return found
         if "duplicate key" in text.lower() or "unique" in text.lower():
-            return _duplicate_error(con, schema, run_id, text)
+            keys = [_key_from_message(schema, k) for k in _QUOTED_KEY.findall(text)]
+            at_commit = isinstance(exc, duckdb.TransactionException)
+            return duplicate_error(
+                _duckdb_fetch(con), schema, _SCRATCH_VIEW, run_id=run_id, message_keys=keys,
+                message_where=(
+                    "committed first by another connection to this database"
+                    if at_commit
+                    else "already written earlier in this call"
+                ),
+            )
+        return translate_duckdb_error(exc, table=schema.name, run_id=run_id)
+    except duckdb.Error:
+        # The diagnosis only adds detail: if it fails, report what DuckDB said, translated.
         return translate_duckdb_error(exc, table=schema.name, run_id=run_id)
     finally:
         con.unregister(_SCRATCH_VIEW)
@@ -210,8 +278,17 @@ def refuse_moved_references(
     found = con.execute(ddl.to_sql(statements.changed_references(schema, source))).to_arrow_table()
     if found.num_rows == 0:
         return
+    raise refuse_moved_references_error(schema, found, run_id=run_id)
+
+
+def refuse_moved_references_error(
+    schema: TableSchema, found: pa.Table, *, run_id: str | None
+) -> ConstraintViolationError:
+    """The error for stored rows (``found``, their keys) that an update would point at
+    another parent; every backend refuses it alike (see :func:`refuse_moved_references`)."""
+    refs = [c for fk in schema.foreign_keys for c in fk.columns if c != RUN_ID]
     keys = [key_text(schema, r) for r in found.to_pylist()]
-    raise ConstraintViolationError(
+    return ConstraintViolationError(
         f"{len(keys)} rows of `{schema.name}` would change their reference "
         f"({', '.join(refs)}) through on_conflict='update'; a reference column is part of an "
         "index, which DuckDB updates as delete+insert and refuses while the row is referenced."
@@ -248,12 +325,21 @@ def diagnose_delete_failure(
     text = _first_line(exc)
     if not (isinstance(exc, duckdb.ConstraintException) and "still referenced" in text):
         return translate_duckdb_error(exc, table=schema.name, run_id=None)
+    found = referencing_error(_duckdb_fetch(con), schema, catalog, source)
+    return found or translate_duckdb_error(exc, table=schema.name, run_id=None)
+
+
+def referencing_error(
+    fetch: Fetch, schema: TableSchema, catalog: Catalog, source: str
+) -> StorageError | None:
+    """Every row of every child table that references a key of ``source`` (the keys a
+    refused delete named), as one error; None when there is none. Shared by every backend."""
     rows: list[tuple[str, str, str | None, str | None]] = []
     examples: list[str] = []
     children: list[str] = []
     for child, fk in schema.referenced_by(catalog):
-        found = con.execute(ddl.to_sql(statements.referencing_rows(child, fk, source)))
-        for row in found.to_arrow_table().to_pylist():
+        found = fetch(statements.referencing_rows(child, fk, source))
+        for row in found.to_pylist():
             reference = ", ".join(f"{c}={str(row[c])!r}" for c in fk.columns)
             rows.append(
                 (f"{child.name}.{', '.join(fk.columns)}", "still_referenced", reference,
@@ -263,7 +349,7 @@ def diagnose_delete_failure(
             if child.name not in children:
                 children.append(child.name)
     if not rows:
-        return translate_duckdb_error(exc, table=schema.name, run_id=None)
+        return None
     return ForeignKeyViolationError(
         f"cannot delete from `{schema.name}`: {len(rows)} rows of "
         f"{', '.join(f'`{c}`' for c in children)} still reference the rows to delete. "

@@ -1,0 +1,304 @@
+"""PostgreSQL write speed: the library against a plain binary COPY, and 1 against N processes.
+
+Run: ``.venv/bin/python -m benchmarks.bench_postgres --rows 1000000`` (server from
+``EGREGORA_TEST_POSTGRES_URL``, default the local ``test`` database; it works in schemas of
+its own, dropped at the end).
+
+1. Library vs COPY, same process, alternating, medians. The library writes egregora-like
+   documents (content of 200-2000 characters) through ``PostgresStorageManager.write``: conform,
+   Pandera validation, COPY, heartbeat, one transaction. The baseline copies the same Arrow
+   rows with ADBC's ``adbc_ingest`` (the PostgreSQL driver's binary COPY from Arrow) into an
+   identically constrained table (the same DDL: primary key, foreign key to ``runs``, checks);
+   its uuid and json columns are converted to ``arrow.uuid``/``arrow.json`` before the clock
+   starts, so the baseline times the COPY alone. The target is library <= 1.25x baseline.
+   The COPY of the library's own encoded stream, pre-encoded, is reported as the floor.
+2. Concurrency: the same total rows written by one process, then by N processes at once (each
+   its own run), total rows/s of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from egregora.database import ddl, pgcopy
+from egregora.database.batches import conform
+from egregora.database.model import utc_now
+from egregora.database.postgres import PostgresStorageManager
+from egregora.database.run_store import RunStore
+from egregora.database.schemas import DOCUMENTS_SCHEMA, RUNS_SCHEMA
+
+URL = os.environ.get("EGREGORA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+WORDS = np.array([
+    "the", "of", "chat", "group", "message", "photo", "link", "summary", "note", "shared",
+    "meeting", "weekend", "plan", "idea", "voice", "travel", "garden", "music", "recipe",
+    "question", "answer", "thanks", "tomorrow", "today", "later", "again",
+])
+DOC_TYPES = ("post", "profile", "journal", "media", "enrichment")
+
+
+def _uuid_text(n: int, rng: np.random.Generator) -> pa.Array:
+    """``n`` random version-4 UUIDs as canonical text, vectorised."""
+    raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    hexed = np.empty((n, 32), dtype=np.uint8)
+    hexed[:, 0::2] = digits[raw >> 4]
+    hexed[:, 1::2] = digits[raw & 0x0F]
+    dash = np.full((n, 1), ord("-"), dtype=np.uint8)
+    text = np.hstack([hexed[:, :8], dash, hexed[:, 8:12], dash, hexed[:, 12:16], dash,
+                      hexed[:, 16:20], dash, hexed[:, 20:]])
+    offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())]
+    )
+
+
+def documents(n: int, *, seed: int) -> pa.Table:
+    """``n`` valid egregora-like documents, every type's required columns filled."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(30, 300, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    words = pa.array(WORDS.tolist()).take(pa.array(rng.integers(0, len(WORDS), int(offsets[-1]))))
+    content = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), words), " ")
+    # After every run the rows are written with (rows are made once, runs start later).
+    later = utc_now() + timedelta(days=1)
+    at = pa.array([later] * n, pa.timestamp("us", tz="UTC"))
+    tags = pa.array(['["chat","weekend"]'] * n)
+    return pa.table(
+        {
+            "id": _uuid_text(n, rng),
+            "doc_type": pa.array(np.array(DOC_TYPES)[np.arange(n) % len(DOC_TYPES)]),
+            "content": content,
+            "created_at": at,
+            "title": pa.array([f"title {i}" for i in range(n)]),
+            "slug": pa.array([f"slug-{i}" for i in range(n)]),
+            "status": pa.array(["published"] * n),
+            "subject_uuid": _uuid_text(n, rng),
+            "filename": pa.array(["photo.jpg"] * n),
+            "window_start": at,
+            "window_end": at,
+            "tags": tags,
+            "extensions": pa.array(['{"source":"bench"}'] * n),
+        }
+    )
+
+
+def _raw() -> psycopg.Connection[Any]:
+    return psycopg.connect(URL, autocommit=True)
+
+
+def _reset(schema: str) -> None:
+    with _raw() as con:
+        con.execute(f"DROP SCHEMA IF EXISTS {ddl.ident(schema).sql('postgres')} CASCADE")
+
+
+def _adbc_table(rows: pa.Table) -> pa.Table:
+    """Conformed rows as ADBC's COPY wants them: uuid as ``arrow.uuid``, json as ``arrow.json``."""
+    columns = []
+    for name, dtype in DOCUMENTS_SCHEMA.schema.items():
+        column = rows.column(name).combine_chunks()
+        if dtype.is_uuid():
+            raw, _ = pgcopy.uuid_bytes(column)
+            validity = pc.is_valid(column).buffers()[1] if column.null_count else None
+            storage = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(16), len(column), [validity, pa.py_buffer(raw)]
+            )
+            column = pa.ExtensionArray.from_storage(pa.uuid(), storage)
+        elif dtype.is_json():
+            column = pa.ExtensionArray.from_storage(pa.json_(), column)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=list(DOCUMENTS_SCHEMA.column_names))
+
+
+class Baseline:
+    """An identically constrained ``documents`` (and its ``runs``) in a schema of its own."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        _reset(schema)
+        quoted = ddl.ident(schema).sql("postgres")
+        self.run_id = str(uuid.uuid4())
+        with _raw() as con:
+            con.execute(f"CREATE SCHEMA {quoted}")
+            con.execute(f"SET search_path = {quoted}")
+            con.execute(ddl.create_table_sql(RUNS_SCHEMA, "postgres"))
+            con.execute(ddl.create_table_sql(DOCUMENTS_SCHEMA, "postgres"))
+            con.execute(
+                "INSERT INTO runs (run_id, name, status, config, config_hash, code_version, "
+                "host, pid, started_at, heartbeat_at) VALUES (%s, 'copy', 'RUNNING', '{}', '', "
+                "'', '', 0, now() - interval '1 day', now())",
+                [self.run_id],
+            )
+
+    def truncate(self) -> None:
+        with _raw() as con:
+            con.execute(f"TRUNCATE {ddl.ident(self.schema).sql('postgres')}.documents")
+
+    def adbc_copy(self, table: pa.Table) -> float:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        with adbc.connect(URL) as con, con.cursor() as cursor:
+            cursor.execute(f"SET search_path = {ddl.ident(self.schema).sql('postgres')}")
+            started = time.perf_counter()
+            cursor.adbc_ingest("documents", table, mode="append")
+            con.commit()
+            return time.perf_counter() - started
+
+    def encoded_copy(self, stream: list[memoryview]) -> float:
+        columns = ", ".join(ddl.ident(c).sql("postgres") for c in DOCUMENTS_SCHEMA.column_names)
+        with _raw() as con:
+            con.execute(f"SET search_path = {ddl.ident(self.schema).sql('postgres')}")
+            started = time.perf_counter()
+            with con.transaction(), con.cursor() as cur, cur.copy(
+                f"COPY documents ({columns}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.write(pgcopy.HEADER)
+                for piece in stream:
+                    copy.write(piece)
+                copy.write(pgcopy.TRAILER)
+            return time.perf_counter() - started
+
+
+def library_write(storage: PostgresStorageManager, rows: pa.Table) -> float:
+    runs = RunStore(storage)
+    run = runs.start_run("bench")
+    started = time.perf_counter()
+    storage.write("documents", rows, run_id=run.run_id)
+    elapsed = time.perf_counter() - started
+    runs.end_run(run.run_id)
+    return elapsed
+
+
+def _truncate_library(schema: str) -> None:
+    with _raw() as con:
+        quoted = ddl.ident(schema).sql("postgres")
+        con.execute(f"TRUNCATE {quoted}.annotations, {quoted}.documents")
+
+
+def compare_with_copy(rows: int, repeats: int) -> dict[str, Any]:
+    data = documents(rows, seed=1)
+    lib_schema, copy_schema = "egregora_bench_library", "egregora_bench_copy"
+    _reset(lib_schema)
+    baseline = Baseline(copy_schema)
+    conformed = conform(DOCUMENTS_SCHEMA, data, run_id=baseline.run_id)
+    adbc_rows = _adbc_table(conformed)
+    stream = [
+        pgcopy.encode(DOCUMENTS_SCHEMA.schema, conformed.slice(i, 100_000))
+        for i in range(0, rows, 100_000)
+    ]
+    timings: dict[str, list[float]] = {"library": [], "adbc_copy": [], "encoded_copy": []}
+    with PostgresStorageManager(URL, schema=lib_schema) as storage:
+        for _ in range(repeats):
+            _truncate_library(lib_schema)
+            timings["library"].append(library_write(storage, data))
+            baseline.truncate()
+            timings["adbc_copy"].append(baseline.adbc_copy(adbc_rows))
+            baseline.truncate()
+            timings["encoded_copy"].append(baseline.encoded_copy(stream))
+    _reset(lib_schema)
+    _reset(copy_schema)
+    medians = {k: statistics.median(v) for k, v in timings.items()}
+    return {
+        "rows": rows,
+        "repeats": repeats,
+        "seconds": timings,
+        "median_seconds": medians,
+        "rows_per_second": {k: rows / v for k, v in medians.items()},
+        "library_vs_adbc_copy": medians["library"] / medians["adbc_copy"],
+        "library_vs_encoded_copy": medians["library"] / medians["encoded_copy"],
+    }
+
+
+def _process_writer(schema: str, rows: int, seed: int, batch: int, start: Any) -> float:
+    data = documents(rows, seed=seed)
+    with PostgresStorageManager(URL, schema=schema) as storage:
+        runs = RunStore(storage)
+        run = runs.start_run(f"writer-{seed}")
+        start.wait()
+        started = time.perf_counter()
+        for offset in range(0, rows, batch):
+            storage.write("documents", data.slice(offset, batch), run_id=run.run_id)
+        elapsed = time.perf_counter() - started
+        runs.end_run(run.run_id)
+    return elapsed
+
+
+def compare_processes(rows: int, processes: int, batch: int) -> dict[str, Any]:
+    schema = "egregora_bench_processes"
+    result: dict[str, Any] = {"rows": rows, "batch_rows": batch}
+    context = multiprocessing.get_context("spawn")
+    for count in (1, processes):
+        _reset(schema)
+        PostgresStorageManager(URL, schema=schema).close()
+        manager = context.Manager()
+        start = manager.Barrier(count)
+        with context.Pool(count) as pool:
+            elapsed = pool.starmap(
+                _process_writer,
+                [(schema, rows // count, 100 + i, batch, start) for i in range(count)],
+            )
+        # From the common start (a barrier, after each process made its rows and opened the
+        # store) to the last process done.
+        wall = max(elapsed)
+        manager.shutdown()
+        with _raw() as con:
+            stored = con.execute(
+                f"SELECT count(*) FROM {ddl.ident(schema).sql('postgres')}.documents"
+            ).fetchone()
+        assert stored == ((rows // count) * count,), stored
+        result[f"{count}_process"] = {"wall_seconds": wall, "rows_per_second": rows / wall}
+    _reset(schema)
+    result["speedup"] = (
+        result[f"{processes}_process"]["rows_per_second"] / result["1_process"]["rows_per_second"]
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--process-rows", type=int, default=200_000)
+    parser.add_argument("--batch-rows", type=int, default=10_000)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    copy = compare_with_copy(args.rows, args.repeats)
+    print(f"{'path':<14}{'median s':>10}{'rows/s':>12}")
+    for name, seconds in copy["median_seconds"].items():
+        print(f"{name:<14}{seconds:>10.2f}{copy['rows_per_second'][name]:>12,.0f}")
+    print(f"library / ADBC COPY: {copy['library_vs_adbc_copy']:.2f}x (target <= 1.25x)")
+    print(f"library / COPY of the pre-encoded stream: {copy['library_vs_encoded_copy']:.2f}x")
+
+    procs = compare_processes(args.process_rows, args.processes, args.batch_rows)
+    for count in (1, args.processes):
+        figures = procs[f"{count}_process"]
+        print(f"{count} process(es): {figures['rows_per_second']:,.0f} rows/s total "
+              f"({figures['wall_seconds']:.1f} s for {args.process_rows:,} rows)")
+    print(f"{args.processes} processes vs 1: {procs['speedup']:.2f}x")
+
+    results = {"copy": copy, "processes": procs, "cores": os.cpu_count()}
+    if args.out:
+        with open(args.out, "w") as out:
+            json.dump(results, out, indent=2)
+    else:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Opening a store from a URL: the scheme picks the backend.
+
+- ``duckdb:///relative/path.duckdb``, ``duckdb:////absolute/path.duckdb`` (SQLAlchemy's
+  convention: the path is what follows the third slash) and ``duckdb:///:memory:``.
+- ``postgresql://user@host:5432/db`` (or ``postgres://``), any libpq URL; the PostgreSQL
+  driver (the ``postgres`` extra) is imported only then.
+
+A URL without a path is refused rather than read as an in-memory store: a store that
+silently forgets everything on close is the mistake this guards against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from egregora.database.backend import StorageManager
+from egregora.database.errors import ConnectionFailedError
+
+DUCKDB_SCHEMES = ("duckdb",)
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def connect(url: str, /, **options: Any) -> StorageManager:
+    """Open the store that ``url`` names.
+
+    Args:
+        url: ``duckdb:///path``, ``duckdb:///:memory:`` or ``postgresql://...``.
+        **options: Passed to the backend's manager: ``read_only``, ``catalog``,
+            ``chunk_rows``, ``heartbeat_timeout`` for both; ``lock_timeout`` for DuckDB;
+            ``schema`` and ``connect_timeout`` for PostgreSQL.
+
+    Raises:
+        ConnectionFailedError: the scheme is unknown, the URL names no database, or the
+            database cannot be opened.
+
+    Example:
+        >>> with connect("duckdb:///:memory:") as storage:
+        ...     type(storage).__name__
+        'DuckDBStorageManager'
+    """
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if sep and scheme in DUCKDB_SCHEMES:
+        from egregora.database.storage import DuckDBStorageManager  # noqa: PLC0415
+
+        path = rest.removeprefix("/")
+        if not path:
+            raise ConnectionFailedError(
+                f"{url!r} names no database file; write duckdb:///path/to/store.duckdb, or "
+                "duckdb:///:memory: for a store that lives only as long as the process"
+            )
+        return DuckDBStorageManager(path, **options)
+    if sep and scheme in POSTGRES_SCHEMES:
+        from egregora.database.postgres import PostgresStorageManager  # noqa: PLC0415
+
+        return PostgresStorageManager(url, **options)
+    known = ", ".join(f"{s}://" for s in (*DUCKDB_SCHEMES, *POSTGRES_SCHEMES))
+    raise ConnectionFailedError(f"cannot tell the backend of {url!r}: expected one of {known}")

@@ -1,0 +1,732 @@
+"""DuckDBStorageManager: errors, atomicity, conflicts, threads, processes, modes, migrations.
+
+Error tests check the type, the structured fields and the message. Atomicity tests compare
+the whole table before and after a refused write. Process tests run a second Python process,
+because DuckDB's file lock is per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from tests.conftest import STORE_KINDS, OpenStore, StoreKind
+from tests.helpers import make_annotations, make_documents, make_messages, make_rows, uuids
+
+from egregora.database import (
+    CATALOG,
+    DuckDBStorageManager,
+    Run,
+    RunStore,
+    TableSchema,
+    ddl,
+    new_id,
+)
+from egregora.database.errors import (
+    ConnectionFailedError,
+    ConstraintViolationError,
+    DuplicateKeyError,
+    ForeignKeyViolationError,
+    ReadOnlyError,
+    RunNotFoundError,
+    SchemaMismatchError,
+    StorageError,
+    TableNotFoundError,
+    ValidationError,
+)
+from egregora.database.schemas import (
+    ANNOTATIONS_SCHEMA,
+    DOCUMENTS_SCHEMA,
+    MESSAGES_SCHEMA,
+    RUNS_SCHEMA,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A user table shaped like documents, small enough to make many writes cheap.
+NOTES = TableSchema(
+    "notes",
+    {"id": "!uuid", "body": "!string", "created_at": "!timestamp('UTC')"},
+    primary_key=("id",),
+    lineage=True,
+)
+#: The same table one release later: one more nullable column (an additive migration).
+NOTES_V2 = TableSchema(
+    "notes",
+    {"id": "!uuid", "body": "!string", "created_at": "!timestamp('UTC')", "mood": "string"},
+    primary_key=("id",),
+    lineage=True,
+)
+
+
+def stored(store: DuckDBStorageManager, table: str) -> pa.Table:
+    """Every row of ``table``, ordered by primary key."""
+    key = [(c, "ascending") for c in store.catalog[table].primary_key]
+    return store.to_arrow(store.table(table)).sort_by(key)
+
+
+def count(store: DuckDBStorageManager, table: str) -> int:
+    return int(store.table(table).count().execute())
+
+
+def replace_column(table: pa.Table, name: str, values: list[object]) -> pa.Table:
+    where = table.schema.get_field_index(name)
+    return table.set_column(
+        where, table.schema.field(where), pa.array(values, table.schema.field(where).type)
+    )
+
+
+def missing_ids(n: int, seed: int) -> list[str]:
+    return uuids(n, np.random.default_rng(seed)).to_pylist()
+
+
+# --- errors: type, fields, message -----------------------------------------------------
+
+
+def test_foreign_key_error_lists_every_row(store: DuckDBStorageManager, run: Run) -> None:
+    docs = make_documents(3, seed=1)
+    store.write("documents", docs, run_id=run.run_id)
+    missing = missing_ids(7, seed=2)
+    # 8 offending rows: 7 distinct missing documents, one of them referenced twice.
+    targets = [*docs["id"].to_pylist()[:2], *missing, missing[0]]
+    notes = make_annotations(targets, seed=3)
+
+    with pytest.raises(ForeignKeyViolationError) as caught:
+        store.write("annotations", notes, run_id=run.run_id)
+
+    err = caught.value
+    assert isinstance(err, ConstraintViolationError | ValueError | StorageError)
+    assert err.table == "annotations"
+    assert err.columns == ("document_id",)
+    assert err.run_id == run.run_id
+    assert err.failures is not None
+    assert err.failures.num_rows == 8
+    assert set(err.failures["check"].to_pylist()) == {"foreign_key"}
+    assert sorted(err.failures["value"].to_pylist()) == sorted([*missing, missing[0]])
+    offenders = notes.filter(pc.is_in(notes["document_id"], pa.array(missing)))
+    assert set(err.failures["key"].to_pylist()) == {
+        f"id='{i}'" for i in offenders["id"].to_pylist()
+    }
+    message = str(err)
+    assert message.startswith("8 rows of `annotations` reference missing `documents`.`id`")
+    assert f"(run {run.run_id}), nothing written: " in message
+    assert "and 2 more" in message  # 7 missing documents, 5 shown
+    assert count(store, "annotations") == 0
+
+
+def test_duplicate_key_error_lists_every_key(store: DuckDBStorageManager, run: Run) -> None:
+    docs = make_documents(8, seed=4)
+    store.write("documents", docs, run_id=run.run_id)
+    again = pa.concat_tables([make_documents(8, seed=4), make_documents(2, seed=5)])
+
+    with pytest.raises(DuplicateKeyError) as caught:
+        store.write("documents", again, run_id=run.run_id)
+
+    err = caught.value
+    assert isinstance(err, ConstraintViolationError | ValueError)
+    assert err.table == "documents"
+    assert err.columns == ("id",)
+    assert err.run_id == run.run_id
+    assert err.failures is not None
+    assert sorted(err.failures["key"].to_pylist()) == sorted(
+        f"id='{i}'" for i in docs["id"].to_pylist()
+    )
+    assert str(err).startswith("8 rows of `documents` repeat a primary key already stored")
+    assert "nothing written" in str(err)
+    assert "and 3 more" in str(err)
+    assert count(store, "documents") == 8
+
+
+def test_validation_error_shows_five_then_and_n_more(store: DuckDBStorageManager, run: Run) -> None:
+    docs = make_documents(8, seed=6)
+    bad = replace_column(docs, "doc_type", ["memo"] * 8)
+
+    with pytest.raises(ValidationError) as caught:
+        store.write("documents", bad, run_id=run.run_id)
+
+    err = caught.value
+    assert err.table == "documents"
+    assert err.columns == ("doc_type",)
+    assert err.run_id == run.run_id
+    assert err.failures is not None
+    assert err.failures.num_rows == 8
+    assert "nothing written" in str(err)
+    assert "and 3 more" in str(err)
+    assert "memo" in str(err)
+
+
+def test_a_write_for_an_unknown_run_is_refused(store: DuckDBStorageManager) -> None:
+    ghost = missing_ids(1, seed=7)[0]
+
+    with pytest.raises(RunNotFoundError) as caught:
+        store.write("documents", make_documents(1), run_id=ghost)
+
+    assert isinstance(caught.value, LookupError)
+    assert caught.value.run_id == ghost
+    assert caught.value.table == "documents"
+    with pytest.raises(RunNotFoundError):
+        store.write("documents", make_documents(1), run_id="not-a-uuid")
+    with pytest.raises(ValidationError, match="run_id"):
+        store.write("documents", make_documents(1), run_id=None)
+    assert count(store, "documents") == 0
+
+
+@pytest.mark.parametrize(
+    "name",
+    ['x"; DROP TABLE runs; --', "runs; DROP TABLE documents", "documents--", "Documents", ""],
+)
+def test_table_names_that_look_like_sql_are_unknown_tables(
+    store: DuckDBStorageManager, run: Run, name: str
+) -> None:
+    with pytest.raises(TableNotFoundError) as caught:
+        store.write(name, make_documents(1), run_id=run.run_id)
+    assert caught.value.table == name
+    assert isinstance(caught.value, LookupError)
+    with pytest.raises(TableNotFoundError):
+        store.table(name)
+
+    assert count(store, "runs") == 1
+    assert count(store, "documents") == 0
+
+
+def test_unknown_on_conflict_is_refused(store: DuckDBStorageManager, run: Run) -> None:
+    with pytest.raises(ValidationError, match="on_conflict"):
+        store.write("documents", make_documents(1), run_id=run.run_id, on_conflict="replace")  # type: ignore[arg-type]
+
+
+# --- atomicity ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chunked(open_store: OpenStore) -> tuple[DuckDBStorageManager, Run, pa.Table]:
+    """A store writing in chunks of 1000 rows, with 3000 documents and 1000 annotations."""
+    store = open_store(chunk_rows=1000)
+    run = RunStore(store).start_run("chunks")
+    docs = make_documents(3000, seed=8)
+    store.write("documents", docs, run_id=run.run_id)
+    store.write("annotations", make_annotations(docs["id"][:1000], seed=9), run_id=run.run_id)
+    return store, run, docs
+
+
+def _five_chunks(docs: pa.Table, seed: int) -> pa.Table:
+    return make_annotations(
+        pa.concat_arrays([*docs["id"].chunks, *docs["id"].chunks])[:5000], seed=seed
+    )
+
+
+def _stream(table: pa.Table) -> pa.RecordBatchReader:
+    batches = table.combine_chunks().to_batches(max_chunksize=1000)
+    assert len(batches) == 5
+    return pa.RecordBatchReader.from_batches(table.schema, batches)
+
+
+@pytest.mark.parametrize("fault", ["foreign_key", "duplicate_in_call", "duplicate_stored"])
+def test_a_failure_in_the_third_chunk_writes_nothing(
+    chunked: tuple[DuckDBStorageManager, Run, pa.Table], fault: str
+) -> None:
+    store, run, docs = chunked
+    before = stored(store, "annotations")
+    notes = _five_chunks(docs, seed=10)
+    ids, targets = notes["id"].to_pylist(), notes["document_id"].to_pylist()
+    if fault == "foreign_key":
+        ghosts = missing_ids(3, seed=11)
+        targets[2500:2503] = ghosts
+        notes = replace_column(notes, "document_id", targets)
+    elif fault == "duplicate_in_call":
+        ids[2100] = ids[10]
+        notes = replace_column(notes, "id", ids)
+    else:
+        ids[2200] = before["id"][0].as_py()
+        notes = replace_column(notes, "id", ids)
+
+    with pytest.raises(ConstraintViolationError) as caught:
+        store.write("annotations", _stream(notes), run_id=run.run_id)
+
+    err = caught.value
+    assert err.table == "annotations"
+    assert err.failures is not None
+    if fault == "foreign_key":
+        assert isinstance(err, ForeignKeyViolationError)
+        assert sorted(err.failures["value"].to_pylist()) == sorted(ghosts)
+    elif fault == "duplicate_in_call":
+        assert isinstance(err, DuplicateKeyError)
+        assert err.failures["key"].to_pylist() == [f"id='{ids[10]}'"]
+        assert "earlier in this call" in str(err)
+    else:
+        assert isinstance(err, DuplicateKeyError)
+        assert err.failures["key"].to_pylist() == [f"id='{ids[2200]}'"]
+        assert "already stored" in str(err)
+    assert stored(store, "annotations").equals(before)
+    # The connection is usable at once: the next write goes through.
+    fresh = make_annotations(docs["id"][1000:1100], seed=12)
+    assert store.write("annotations", fresh, run_id=run.run_id) == 100
+    assert count(store, "annotations") == before.num_rows + 100
+
+
+def test_a_key_committed_first_by_another_connection_is_a_duplicate(tmp_path: Path) -> None:
+    # Two managers on one file in one process share DuckDB's database: the second COMMIT of
+    # the same key fails, and must surface as a library error, not a raw TransactionException.
+    path = tmp_path / "shared.duckdb"
+    first = DuckDBStorageManager(path, chunk_rows=1)
+    second = DuckDBStorageManager(path)
+    try:
+        run_a = RunStore(first).start_run("a")
+        run_b = RunStore(second).start_run("b")
+        docs = make_documents(2, seed=13)
+        inserted, release = threading.Event(), threading.Event()
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            yield docs.slice(0, 1).combine_chunks().to_batches()[0]
+            inserted.set()
+            release.wait(30)
+            yield docs.slice(1, 1).combine_chunks().to_batches()[0]
+
+        outcome: list[object] = []
+
+        def write_first() -> None:
+            try:
+                outcome.append(
+                    first.write(
+                        "documents",
+                        pa.RecordBatchReader.from_batches(docs.schema, batches()),
+                        run_id=run_a.run_id,
+                    )
+                )
+            except Exception as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=write_first)
+        writer.start()
+        assert inserted.wait(30)
+        assert second.write("documents", docs.slice(0, 1), run_id=run_b.run_id) == 1
+        release.set()
+        writer.join(30)
+
+        assert len(outcome) == 1
+        err = outcome[0]
+        assert isinstance(err, DuplicateKeyError), err
+        assert err.failures is not None
+        assert err.failures["key"].to_pylist() == [f"id='{docs['id'][0].as_py()}'"]
+        assert "another connection" in str(err)
+        assert first.write("documents", docs.slice(1, 1), run_id=run_a.run_id) == 1
+        assert count(first, "documents") == 2
+    finally:
+        first.close()
+        second.close()
+
+
+# --- on_conflict ----------------------------------------------------------------------
+
+
+def test_on_conflict_ignore_keeps_stored_rows(store: DuckDBStorageManager, run: Run) -> None:
+    docs = make_documents(5, seed=14)
+    store.write("documents", docs, run_id=run.run_id)
+    before = stored(store, "documents")
+    changed = replace_column(make_documents(5, seed=14), "content", ["changed"] * 5).slice(0, 3)
+    batch = pa.concat_tables([changed, make_documents(2, seed=15)])
+
+    assert store.write("documents", batch, run_id=run.run_id, on_conflict="ignore") == 2
+
+    after = stored(store, "documents")
+    assert after.num_rows == 7
+    kept = after.filter(pc.is_in(after["id"], before["id"]))
+    assert kept.equals(before)
+
+
+def test_on_conflict_update_sets_content_and_keeps_keys_and_run(
+    store: DuckDBStorageManager, runs: RunStore, run: Run
+) -> None:
+    docs = make_documents(5, seed=16)
+    store.write("documents", docs, run_id=run.run_id)
+    # Annotations reference the documents: the update must happen in place (DESIGN §3).
+    store.write("annotations", make_annotations(docs["id"], seed=17), run_id=run.run_id)
+    later = runs.start_run("edit")
+    update = make_documents(5, seed=16).slice(0, 3)
+    update = replace_column(update, "content", ["new 0", "new 1", "new 2"])
+    update = replace_column(update, "tags", ['["x"]', '["y"]', "[]"])
+    new_docs = make_documents(2, seed=18)
+    batch = pa.concat_tables([update, new_docs])
+
+    assert store.write("documents", batch, run_id=later.run_id, on_conflict="update") == 5
+
+    after = {r["id"]: r for r in stored(store, "documents").to_pylist()}
+    assert len(after) == 7
+    for i, doc_id in enumerate(update["id"].to_pylist()):
+        assert after[doc_id]["content"] == f"new {i}"
+        assert after[doc_id]["run_id"] == run.run_id  # the creating run is kept
+    assert [json.loads(after[d]["tags"]) for d in update["id"].to_pylist()] == [["x"], ["y"], []]
+    for doc_id in docs["id"].to_pylist()[3:]:
+        assert (
+            after[doc_id]["content"]
+            == docs.filter(pc.equal(docs["id"], doc_id))["content"][0].as_py()
+        )
+    for doc_id in new_docs["id"].to_pylist():
+        assert after[doc_id]["run_id"] == later.run_id
+    assert count(store, "annotations") == 5
+
+
+def test_an_update_that_moves_a_reference_is_refused(store: DuckDBStorageManager, run: Run) -> None:
+    docs = make_documents(4, seed=19)
+    store.write("documents", docs, run_id=run.run_id)
+    notes = make_annotations(docs["id"][:2], seed=20)
+    store.write("annotations", notes, run_id=run.run_id)
+    before = stored(store, "annotations")
+    moved = replace_column(notes, "document_id", docs["id"].to_pylist()[2:4])
+
+    with pytest.raises(ConstraintViolationError) as caught:
+        store.write("annotations", moved, run_id=run.run_id, on_conflict="update")
+
+    err = caught.value
+    assert err.table == "annotations"
+    assert err.columns == ("document_id",)
+    assert err.failures is not None
+    assert sorted(err.failures["key"].to_pylist()) == sorted(
+        f"id='{i}'" for i in notes["id"].to_pylist()
+    )
+    assert "nothing written" in str(err)
+    assert stored(store, "annotations").equals(before)
+    # The same reference, new content: allowed.
+    same = replace_column(notes, "content", ["edited", "edited"])
+    assert store.write("annotations", same, run_id=run.run_id, on_conflict="update") == 2
+
+
+# --- threads --------------------------------------------------------------------------
+
+
+#: The thread test concerns DuckDB's one shared connection (DESIGN §3: an Ibis backend shared
+#: by threads lost inserts), so it runs on the DuckDB kinds of store.
+DUCKDB_KINDS = [kind for kind in STORE_KINDS if kind.name in {"memory", "file"}]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", DUCKDB_KINDS, ids=[kind.name for kind in DUCKDB_KINDS])
+def test_eight_threads_write_through_one_manager(tmp_path: Path, kind: StoreKind) -> None:
+    with kind.open(tmp_path, catalog=CATALOG.extend(NOTES)) as store:
+        _write_from_eight_threads(store)
+
+
+def _write_from_eight_threads(store: DuckDBStorageManager) -> None:
+    runs = RunStore(store)
+    shared = runs.start_run("shared")
+    threads, batches, rows = 8, 25, 10
+
+    def work(i: int) -> tuple[str, list[int]]:
+        # Odd threads have a run of their own, even threads share one.
+        run = runs.start_run(f"thread-{i}") if i % 2 else shared
+        seen = []
+        for j in range(batches):
+            written = store.write(
+                "notes", make_rows(NOTES, rows, seed=1000 * i + j), run_id=run.run_id
+            )
+            assert written == rows
+            seen.append(int(store.table("notes").count().execute()))
+        if i % 2:
+            runs.end_run(run.run_id)
+        return run.run_id, seen
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(work, range(threads)))
+
+    assert count(store, "notes") == threads * batches * rows
+    for _, seen in results:
+        assert seen == sorted(seen)  # each thread sees committed rows only grow
+        assert seen[-1] >= batches * rows
+    by_run = pc.value_counts(stored(store, "notes")["run_id"]).to_pylist()
+    counts = {r["values"]: r["counts"] for r in by_run}
+    assert counts[shared.run_id] == 4 * batches * rows
+    for run_id, _ in results[1::2]:
+        assert counts[run_id] == batches * rows
+
+
+# --- processes ------------------------------------------------------------------------
+
+_LOCK_PROBE = textwrap.dedent(
+    """
+    import json, sys, time
+    from egregora.database import DuckDBStorageManager
+    from egregora.database.errors import StoreLockedError
+
+    path = sys.argv[1]
+
+    def attempt(**options):
+        started = time.monotonic()
+        try:
+            with DuckDBStorageManager(path, **options) as storage:
+                found = {"opened": True, "runs": int(storage.table("runs").count().execute())}
+        except StoreLockedError as exc:
+            found = {"opened": False, "path": exc.path, "holder_pid": exc.holder_pid,
+                     "message": str(exc)}
+        found["waited"] = time.monotonic() - started
+        print(json.dumps(found), flush=True)
+
+    attempt()
+    attempt(lock_timeout=0.5)
+    attempt(read_only=True)
+    sys.stdin.readline()
+    print(json.dumps({"trying": True}), flush=True)
+    attempt(lock_timeout=30)
+    """
+)
+
+
+def test_a_second_process_is_refused_while_a_writer_holds_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "held.duckdb"
+    holder = DuckDBStorageManager(path)
+    RunStore(holder).start_run("holder")
+    with subprocess.Popen(
+        [sys.executable, "-c", _LOCK_PROBE, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    ) as probe:
+        try:
+            assert probe.stdout is not None
+            assert probe.stdin is not None
+            at_once, waiting, reader = (json.loads(probe.stdout.readline()) for _ in range(3))
+            for refused in (at_once, waiting, reader):
+                assert refused["opened"] is False, refused
+                assert refused["path"] == str(path)
+                assert refused["holder_pid"] == os.getpid()
+                assert str(path) in refused["message"]
+                assert f"process {os.getpid()}" in refused["message"]
+            assert 0.5 <= waiting["waited"] < 3.0
+            assert "waited 0.5 s" in waiting["message"]
+            assert at_once["waited"] < waiting["waited"]
+
+            probe.stdin.write("go\n")
+            probe.stdin.flush()
+            assert json.loads(probe.stdout.readline()) == {"trying": True}
+            time.sleep(0.3)  # the probe is now waiting for the lock
+            holder.close()
+            released = json.loads(probe.stdout.readline())
+            assert released["opened"] is True, released
+            assert released["runs"] == 1
+            assert probe.wait(30) == 0
+        finally:
+            holder.close()
+            if probe.poll() is None:
+                probe.kill()
+
+
+# --- modes: read-only, closed, reopened -----------------------------------------------
+
+
+def _filled_file(path: Path) -> tuple[str, dict[str, pa.Table]]:
+    """A closed store file with rows in every table; returns the run and the rows."""
+    with DuckDBStorageManager(path) as storage:
+        runs = RunStore(storage)
+        with runs.run("fill") as run:
+            docs = make_documents(30, seed=21)
+            storage.write("documents", docs, run_id=run.run_id)
+            storage.write("messages", make_messages(20, seed=22), run_id=run.run_id)
+            storage.write(
+                "annotations", make_annotations(docs["id"][:10], seed=23), run_id=run.run_id
+            )
+        tables = {t: stored(storage, t) for t in ("runs", "documents", "messages", "annotations")}
+    return run.run_id, tables
+
+
+def test_reopening_a_file_returns_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "reopen.duckdb"
+    run_id, before = _filled_file(path)
+
+    with DuckDBStorageManager(path) as again:
+        assert again.migration.is_empty
+        for name, rows in before.items():
+            assert stored(again, name).equals(rows), name
+        assert RunStore(again).get_run(run_id).status == "COMPLETED"
+
+
+def test_a_read_only_store_refuses_writes_and_does_not_migrate(tmp_path: Path) -> None:
+    path = tmp_path / "readers.duckdb"
+    run_id, before = _filled_file(path)
+
+    with DuckDBStorageManager(path, read_only=True) as reader:
+        assert reader.migration.is_empty
+        assert stored(reader, "documents").equals(before["documents"])
+        with pytest.raises(ReadOnlyError):
+            reader.write("documents", make_documents(1, seed=24), run_id=run_id)
+        with pytest.raises(ReadOnlyError):
+            RunStore(reader).start_run("not allowed")
+        # Two readers may share the file while no writer holds it.
+        with DuckDBStorageManager(path, read_only=True) as other:
+            assert count(other, "documents") == 30
+
+    # A reader never migrates: a catalog that needs a new table is refused, nothing created.
+    with pytest.raises(SchemaMismatchError, match="read-only"):
+        DuckDBStorageManager(path, read_only=True, catalog=CATALOG.extend(NOTES))
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    finally:
+        con.close()
+    assert "notes" not in tables
+
+
+def test_read_only_needs_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.duckdb"
+
+    with pytest.raises(ConnectionFailedError, match="read-only"):
+        DuckDBStorageManager(path, read_only=True)
+    assert not path.exists()
+    with pytest.raises(ConnectionFailedError):
+        DuckDBStorageManager(":memory:", read_only=True)
+
+
+def test_a_closed_store_refuses_everything(store: DuckDBStorageManager, run: Run) -> None:
+    store.close()
+    store.close()  # idempotent
+
+    with pytest.raises(ConnectionFailedError, match="closed"):
+        store.write("documents", make_documents(1), run_id=run.run_id)
+    with pytest.raises(ConnectionFailedError, match="closed"):
+        store.table("documents")
+
+
+def test_chunk_rows_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="chunk_rows"):
+        DuckDBStorageManager(":memory:", chunk_rows=0)
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "notes.duckdb"
+    path.write_text("these are not the rows you are looking for\n" * 50)
+
+    with pytest.raises(ConnectionFailedError, match="not a valid DuckDB database"):
+        DuckDBStorageManager(path)
+
+    assert path.read_text().startswith("these are not")
+
+
+# --- lineage stamping -----------------------------------------------------------------
+
+
+def test_the_run_id_may_be_given_in_any_case_or_as_a_uuid(
+    store: DuckDBStorageManager, run: Run
+) -> None:
+    stamped = make_documents(2, seed=27, run_id=run.run_id)  # lower-case text in the batch
+
+    store.write("documents", stamped, run_id=run.run_id.upper())
+    store.write("documents", make_documents(2, seed=28), run_id=uuid.UUID(run.run_id))  # type: ignore[arg-type]
+
+    assert set(stored(store, "documents")["run_id"].to_pylist()) == {run.run_id}
+
+
+def test_a_clock_behind_the_run_start_does_not_fail_a_write(
+    store: DuckDBStorageManager, runs: RunStore, run: Run
+) -> None:
+    # A run started by a host whose clock is ahead (or before this clock stepped back): the
+    # heartbeat a write records must not predate the run (runs CHECK heartbeat_at >=
+    # started_at), whatever this clock says.
+    ahead = run.started_at + timedelta(hours=1)
+    future = dataclasses.replace(run, run_id=str(new_id()), started_at=ahead, heartbeat_at=ahead)
+    store.write("runs", future.to_arrow(), run_id=None)
+    docs = make_documents(3, seed=29)
+    docs = replace_column(docs, "created_at", [ahead + timedelta(minutes=1)] * 3)
+
+    assert store.write("documents", docs, run_id=future.run_id) == 3
+
+    assert runs.get_run(future.run_id).heartbeat_at == ahead
+
+
+# --- migrations -----------------------------------------------------------------------
+
+
+def test_an_empty_database_gets_every_table(tmp_path: Path) -> None:
+    path = tmp_path / "new.duckdb"
+    catalog = CATALOG.extend(NOTES)
+
+    with DuckDBStorageManager(path, catalog=catalog) as storage:
+        created = [t.name for t in storage.migration.create]
+        assert created == ["egregora_layout", *(t.name for t in catalog.creation_order())]
+        assert not storage.migration.add_columns
+    with DuckDBStorageManager(path, catalog=catalog) as again:
+        assert again.migration.is_empty
+        layout = again.to_arrow(again.table("egregora_layout"))
+        assert layout.num_rows == 1  # a reopen records nothing
+
+
+def test_an_additive_migration_adds_the_column_and_keeps_rows(tmp_path: Path) -> None:
+    path = tmp_path / "grow.duckdb"
+    with DuckDBStorageManager(path, catalog=CATALOG.extend(NOTES)) as storage:
+        run = RunStore(storage).start_run("v1")
+        storage.write("notes", make_rows(NOTES, 20, seed=25), run_id=run.run_id)
+        before = stored(storage, "notes")
+
+    with DuckDBStorageManager(path, catalog=CATALOG.extend(NOTES_V2)) as grown:
+        assert [(t.name, c) for t, c in grown.migration.add_columns] == [("notes", "mood")]
+        assert not grown.migration.create
+        after = stored(grown, "notes")
+        assert after.select(before.column_names).equals(before)
+        assert after["mood"].null_count == 20
+        run = RunStore(grown).start_run("v2")
+        grown.write("notes", make_rows(NOTES_V2, 5, seed=26), run_id=run.run_id)
+        assert count(grown, "notes") == 25
+    with DuckDBStorageManager(path, catalog=CATALOG.extend(NOTES_V2)) as again:
+        assert again.migration.is_empty
+
+
+def test_drift_is_refused_with_every_difference_and_nothing_changed(tmp_path: Path) -> None:
+    path = tmp_path / "drift.duckdb"
+    drifted = TableSchema(
+        "annotations",
+        {
+            "id": "!uuid",
+            "document_id": "!uuid",
+            "content": "!int64",  # type changed
+            "created_at": "timestamp('UTC')",  # NOT NULL lost
+            "source_checksum": "string",
+            "author_id": "string",
+        },
+        primary_key=("id",),
+        lineage=True,  # and no FOREIGN KEY to documents
+    )
+    con = duckdb.connect(str(path))
+    for table in (RUNS_SCHEMA, DOCUMENTS_SCHEMA, MESSAGES_SCHEMA, drifted):
+        con.execute(ddl.create_table_sql(table))
+    con.close()
+
+    with pytest.raises(SchemaMismatchError) as caught:
+        DuckDBStorageManager(path)
+
+    differences = caught.value.differences
+    assert len(differences) == 3, differences
+    assert any("annotations.content" in d and "string" in d and "int64" in d for d in differences)
+    assert any("annotations.created_at" in d and "NOT NULL" in d for d in differences)
+    assert any(
+        "FOREIGN KEY (document_id) REFERENCES documents(id) missing" in d for d in differences
+    )
+    for line in differences:
+        assert line in str(caught.value)
+    assert "nothing was changed" in str(caught.value)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        tables = sorted(
+            r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        )
+        content_type = con.execute(
+            "SELECT data_type FROM duckdb_columns() "
+            "WHERE table_name = 'annotations' AND column_name = 'content'"
+        ).fetchone()
+    finally:
+        con.close()
+    assert tables == ["annotations", "documents", "messages", "runs"]  # no layout table added
+    assert content_type == ("BIGINT",)
+    assert ANNOTATIONS_SCHEMA.schema["content"].is_string()
