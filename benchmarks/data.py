@@ -285,7 +285,9 @@ def iter_batches(
     path: Path, rows: int, *, batch_rows: int, skip: int = 0
 ) -> Iterator[pa.RecordBatch]:
     """Rows ``skip`` to ``skip + rows`` of the file, as batches of ``batch_rows``."""
-    file = pq.ParquetFile(path)
+    # pre_buffer (Arrow's default) caches every byte range read until the file is closed:
+    # memory would grow with the rows read, which is what a stream must not do.
+    file = pq.ParquetFile(path, pre_buffer=False)
     left = rows
     to_skip = skip
     for read in file.iter_batches(batch_size=batch_rows):

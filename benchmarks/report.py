@@ -198,14 +198,18 @@ def _small(results: dict[str, Any]) -> list[str]:
     rows = []
     for cell in cells:
         if cell["status"] != "ok":
-            rows.append([cell["label"], cell["status"], "", "", cell.get("reason", "")])
+            rows.append([cell["label"], cell["status"], "", "", "", "", cell.get("reason", "")])
             continue
         m, ratio = cell["median"], cell.get("time_ratio_to_library")
+        cpu = cell.get("cpu_ratio_to_library")
         rows.append([cell["label"], _fmt(m["rows_per_s"]), _fmt(m["ms_per_batch"], ".2f"),
-                     "-" if ratio is None else f"{ratio:.2f}x", f"{cell['reps']} rep(s)"])
+                     "-" if ratio is None else f"{ratio:.2f}x",
+                     _fmt(m.get("cpu_seconds", 0) / cell["batches"] * 1e3, ".1f"),
+                     "-" if cpu is None else f"{cpu:.2f}x", f"{cell['reps']} rep(s)"])
     return ["", f"## Many small batches ({first['batches']:,} batches of "
             f"{first['batch_rows']} rows, one run; each write its own call and transaction)", "",
-            *_table(["contender", "rows/s", "ms/batch", "time vs library", "note"], rows),
+            *_table(["contender", "rows/s", "ms/batch", "time vs library", "CPU ms/batch",
+                     "CPU vs library", "note"], rows),
             *_phases(cells)]
 
 
@@ -276,8 +280,7 @@ def markdown(results: dict[str, Any]) -> str:
         "(above 1 the library is faster), 'CPU vs library' the same for CPU time (user + "
         "system, all threads), which other work on a shared machine disturbs far less. MB/s "
         "counts the Arrow bytes of the documents handed over. Target verdicts use wall time.",
-        *[f"\nMerged in: {', '.join(m['workloads'])} (sizes "
-          f"{', '.join(f'{r:,}' for r in m['plan']['sizes'])}) from a run at "
+        *[f"\nMerged in: {', '.join(m['workloads'])} from a run at "
           f"{m['started_at']} ({m['seconds']:.0f} s, load "
           f"{_fmt((m['machine'].get('load_before') or [None])[0], '.1f')})."
           for m in meta.get("merged", [])],

@@ -71,10 +71,10 @@ def column_type(dtype: dt.DataType, dialect: Dialect) -> exp.DataType:
             return exp.DataType.build("JSONB")
         if isinstance(dtype, dt.String):
             return exp.DataType.build("TEXT")
-        built: exp.DataType = PostgresType.from_ibis(dtype)
-        return built
-    built = DuckDBType.from_ibis(dtype)
-    return built
+        mapper: Any = PostgresType
+    else:
+        mapper = DuckDBType
+    return mapper.from_ibis(dtype)  # type: ignore[no-any-return]
 
 
 def literal(value: Any) -> exp.Expression:
@@ -176,6 +176,8 @@ def to_sql(expression: exp.Expression, dialect: Dialect = "duckdb", *, pretty: b
     return expression.sql(dialect=_dialect(dialect), pretty=pretty)
 
 
-def create_table_sql(table: TableSchema, dialect: Dialect = "duckdb", *, pretty: bool = False) -> str:
+def create_table_sql(
+    table: TableSchema, dialect: Dialect = "duckdb", *, pretty: bool = False
+) -> str:
     """The ``CREATE TABLE`` statement of a declared table, as text."""
     return to_sql(create_table(table, dialect), dialect, pretty=pretty)

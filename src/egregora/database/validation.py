@@ -9,10 +9,11 @@ On lineage tables the check also holds, per call, that ``run_id`` is the writing
 
 Pandera is the gate: a valid batch costs one lazy Pandera pass whose single dataframe check
 holds every rule (NOT NULLs included) in one aggregate query, answered by DuckDB over the
-registered Arrow batch without copying it (about 0.4 s for 1M ``documents`` rows). Pandera's failure cases do
-not make a report (Ibis expressions, scalars and frames, mixed; DESIGN §3), so only once
-Pandera has refused a batch are the offending rows listed, by Ibis filters built from the same
-predicates, into a ``failures`` Arrow table: ``column``, ``check``, ``value``, ``key``.
+registered Arrow batch without copying it (about 0.4 s for 1M ``documents`` rows).
+Pandera's failure cases do not make a report (Ibis expressions, scalars and frames, mixed;
+DESIGN §3), so only once Pandera has refused a batch are the offending rows listed, by Ibis
+filters built from the same predicates, into a ``failures`` Arrow table: ``column``,
+``check``, ``value``, ``key``.
 
 Pandera 0.35 facts this relies on: ``Column(unique=True)`` is silently ignored by the Ibis
 backend; ``PANDERA_VALIDATION_DEPTH`` is read once, at import, and ``SCHEMA_ONLY`` silently
@@ -136,7 +137,8 @@ def _compiled_gate(
         # execution (~40 ms), while a view is one name to it. The view reads the batch
         # relation by name, so it serves every batch of the run on this connection.
         backend.con.execute(f'CREATE TEMP VIEW IF NOT EXISTS "{view}" AS {sql}')
-        return backend.table(view).ok.all()  # type: ignore[no-any-return]
+        verdict: ir.BooleanScalar = backend.table(view).ok.all()
+        return verdict
 
     return pandera_ibis.Check(check, name=_GATE)
 
