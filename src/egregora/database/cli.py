@@ -41,7 +41,9 @@ from rich.text import Text
 
 from egregora.database import cli_output as out
 from egregora.database import cli_queries as q
+from egregora.database.backend import StorageManager
 from egregora.database.cli_ingest import FORMATS, SourceError, find_files, ingest_files
+from egregora.database.connect import connect
 from egregora.database.errors import (
     ConnectionFailedError,
     StorageError,
@@ -100,20 +102,18 @@ def exit_code_for(exc: StorageError) -> ExitCode:
     return ExitCode.FAILED
 
 
-def open_store(url: str, *, read_only: bool) -> DuckDBStorageManager:
+def open_store(url: str, *, read_only: bool) -> StorageManager:
     """Open the store ``--db`` names; the one place that turns a ``--db`` into a store.
 
+    A plain path is a DuckDB file; a URL (``postgresql://...``, ``duckdb:///path``) goes
+    through :func:`egregora.database.connect`.
+
     Raises:
-        ConnectionFailedError: ``url`` is a URL (``postgresql://...``): this build opens
-            DuckDB files only.
+        ConnectionFailedError: the URL's scheme is unknown or the server cannot be reached.
         StoreLockedError: another process holds the file.
     """
-    scheme = _URL.match(url)
-    if scheme is not None:
-        raise ConnectionFailedError(
-            f"the {scheme.group(1)}:// URL scheme is not supported yet; --db takes the path of "
-            "a DuckDB file"
-        )
+    if _URL.match(url) is not None:
+        return connect(url, read_only=read_only)
     return DuckDBStorageManager(url, read_only=read_only)
 
 

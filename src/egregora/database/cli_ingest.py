@@ -26,12 +26,12 @@ import pyarrow.dataset as ds
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from egregora.database.backend import StorageManager
 from egregora.database.batches import failures_table
 from egregora.database.errors import ValidationError
 from egregora.database.model import TableSchema, arrow_type, utc_now
 from egregora.database.run_store import Run, RunStore
 from egregora.database.statements import OnConflict
-from egregora.database.storage import DuckDBStorageManager
 from egregora.database.validation import CREATED_AT
 
 #: File name suffixes of each readable format.
@@ -250,7 +250,7 @@ def _unreadable(
 
 
 def ingest_files(
-    storage: DuckDBStorageManager,
+    storage: StorageManager,
     files: list[Path],
     file_format: str,
     *,

@@ -15,17 +15,17 @@ import uuid
 import ibis
 import typer
 
+from egregora.database.backend import StorageManager
 from egregora.database.errors import RunNotFoundError
 from egregora.database.lineage import lineage_tables, parent_chain, rows_per_run
 from egregora.database.model import RUN_ID, RUNS_TABLE
 from egregora.database.run_store import Run, RunStatus, RunStore
-from egregora.database.storage import DuckDBStorageManager
 
 #: The fewest characters of a run id that ``resolve_run_id`` looks up.
 MIN_ABBREVIATION = 4
 
 
-def resolve_run_id(storage: DuckDBStorageManager, text: str) -> str:
+def resolve_run_id(storage: StorageManager, text: str) -> str:
     """The full run id that ``text`` names: a full id, or a unique prefix or suffix.
 
     Raises:
@@ -51,7 +51,7 @@ def resolve_run_id(storage: DuckDBStorageManager, text: str) -> str:
     return str(found[0])
 
 
-def rows_by_run(storage: DuckDBStorageManager) -> dict[str, dict[str, int]]:
+def rows_by_run(storage: StorageManager) -> dict[str, dict[str, int]]:
     """Rows each run wrote, per table (runs that wrote nothing are absent)."""
     counts: dict[str, dict[str, int]] = {}
     for row in storage.to_arrow(rows_per_run(storage)).to_pylist():
@@ -60,7 +60,7 @@ def rows_by_run(storage: DuckDBStorageManager) -> dict[str, dict[str, int]]:
 
 
 def list_runs(
-    storage: DuckDBStorageManager,
+    storage: StorageManager,
     *,
     statuses: list[RunStatus] | None = None,
     name: str | None = None,
@@ -77,20 +77,20 @@ def list_runs(
     return [Run.from_row(r) for r in storage.to_arrow(expr.limit(limit)).to_pylist()]
 
 
-def parents(storage: DuckDBStorageManager, run_id: str) -> list[Run]:
+def parents(storage: StorageManager, run_id: str) -> list[Run]:
     """The run's ancestors, nearest first."""
     chain = storage.to_arrow(parent_chain(storage, run_id).drop("depth")).to_pylist()
     return [Run.from_row(r) for r in chain][1:]
 
 
-def children(storage: DuckDBStorageManager, run_id: str) -> list[Run]:
+def children(storage: StorageManager, run_id: str) -> list[Run]:
     """The runs whose parent is the run, oldest first."""
     runs = storage.table(RUNS_TABLE)
     child = runs.filter(runs.parent_run_id == ibis.literal(run_id, type="uuid"))
     return [Run.from_row(r) for r in storage.to_arrow(child.order_by("started_at")).to_pylist()]
 
 
-def table_counts(storage: DuckDBStorageManager) -> dict[str, int]:
+def table_counts(storage: StorageManager) -> dict[str, int]:
     """Rows in each lineage table."""
     return {
         t.name: int(storage.to_arrow(storage.table(t.name).count().as_table())[0][0].as_py())

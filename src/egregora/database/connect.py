@@ -12,6 +12,7 @@ silently forgets everything on close is the mistake this guards against.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from egregora.database.backend import StorageManager
 from egregora.database.errors import ConnectionFailedError
@@ -24,7 +25,8 @@ def connect(url: str, /, **options: Any) -> StorageManager:
     """Open the store that ``url`` names.
 
     Args:
-        url: ``duckdb:///path``, ``duckdb:///:memory:`` or ``postgresql://...``.
+        url: ``duckdb:///path``, ``duckdb:///:memory:`` or ``postgresql://...`` (with an
+            optional ``?schema=name`` query parameter, default ``public``).
         **options: Passed to the backend's manager: ``read_only``, ``catalog``,
             ``chunk_rows``, ``heartbeat_timeout`` for both; ``lock_timeout`` for DuckDB;
             ``schema`` and ``connect_timeout`` for PostgreSQL.
@@ -53,6 +55,14 @@ def connect(url: str, /, **options: Any) -> StorageManager:
     if sep and scheme in POSTGRES_SCHEMES:
         from egregora.database.postgres import PostgresStorageManager  # noqa: PLC0415
 
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schema = [v for k, v in query if k == "schema"]
+        if schema:
+            # ``?schema=name`` selects the PostgreSQL schema; the driver must not see it.
+            options.setdefault("schema", schema[-1])
+            rest_query = urlencode([(k, v) for k, v in query if k != "schema"])
+            url = urlunsplit(parts._replace(query=rest_query))
         return PostgresStorageManager(url, **options)
     known = ", ".join(f"{s}://" for s in (*DUCKDB_SCHEMES, *POSTGRES_SCHEMES))
     raise ConnectionFailedError(f"cannot tell the backend of {url!r}: expected one of {known}")

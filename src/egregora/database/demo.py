@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from egregora.database.audit import IntegrityReport
+from egregora.database.backend import StorageManager
 from egregora.database.errors import ValidationError
 from egregora.database.ids import new_id_str
 from egregora.database.lineage import lineage_tables, rows_of_run
@@ -309,11 +310,11 @@ class DemoSummary:
         }
 
 
-def _count(storage: DuckDBStorageManager, expr: Any) -> int:
+def _count(storage: StorageManager, expr: Any) -> int:
     return int(storage.to_arrow(expr.count().as_table()).column(0)[0].as_py())
 
 
-def run_demo(storage: DuckDBStorageManager, *, seed: int = 7) -> DemoSummary:
+def run_demo(storage: StorageManager, *, seed: int = 7) -> DemoSummary:
     """Play the demo pipeline on an open, writable store (see the module docstring).
 
     Raises:
@@ -366,7 +367,7 @@ def run_demo(storage: DuckDBStorageManager, *, seed: int = 7) -> DemoSummary:
         t: sum(_count(storage, rows_of_run(storage, t, r)) for r in ids.values()) for t in tables
     }
     return DemoSummary(
-        path=storage.path, seed=seed, run_ids=ids, written=written,
+        path=storage.location, seed=seed, run_ids=ids, written=written,
         totals={t: _count(storage, storage.table(t)) for t in tables},
         statuses=Counter(str(runs.get_run(r).status) for r in ids.values()),
         failed_error=failed_error, rolled_back_rows=rolled_back_rows,

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from egregora.database.lineage import rows_per_run
 from egregora.database.model import RUN_ID
@@ -41,7 +42,7 @@ from egregora.database.run_store import Run, RunStatus, RunStore
 from egregora.database.storage import package_version
 
 if TYPE_CHECKING:
-    from egregora.database.storage import DuckDBStorageManager
+    from egregora.database.backend import StorageManager
 
 #: The job namespace of every egregora run.
 JOB_NAMESPACE = "egregora"
@@ -82,7 +83,13 @@ def dataset_namespace(path: str) -> str:
 
     >>> dataset_namespace(":memory:")
     'duckdb://:memory:'
+    >>> dataset_namespace("postgresql://egregora@db:5433/test (schema public)")
+    'postgres://db:5433'
     """
+    if "://" in path:
+        # OpenLineage names PostgreSQL datasets by server: postgres://{host}:{port}.
+        server = urlsplit(path.split(" ", 1)[0])
+        return f"postgres://{server.hostname or 'localhost'}:{server.port or 5432}"
     where = path if path == ":memory:" else str(Path(path).resolve())
     return f"duckdb://{where}"
 
@@ -179,7 +186,7 @@ def run_events(
 
 
 def store_events(
-    storage: DuckDBStorageManager,
+    storage: StorageManager,
     run_ids: Sequence[str] | None = None,
     *,
     job_namespace: str = JOB_NAMESPACE,
@@ -199,7 +206,7 @@ def store_events(
         counts.setdefault(str(row[RUN_ID]), {})[row["table"]] = int(row["rows"])
     names = {r.run_id: r.name for r in chosen}
     producer = producer_url()
-    namespace = dataset_namespace(storage.path)
+    namespace = dataset_namespace(storage.location)
     timed: list[tuple[datetime, int, dict[str, Any]]] = []
     for run in chosen:
         parent = run.parent_run_id
