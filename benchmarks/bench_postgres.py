@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from egregora.database import ddl, pgcopy
-from egregora.database.batches import conform
+from egregora.database.batches import conform, uuid_bytes_to_text
 from egregora.database.model import utc_now
 from egregora.database.postgres import PostgresStorageManager
 from egregora.database.run_store import RunStore
@@ -54,16 +54,8 @@ def _uuid_text(n: int, rng: np.random.Generator) -> pa.Array:
     raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-    hexed = np.empty((n, 32), dtype=np.uint8)
-    hexed[:, 0::2] = digits[raw >> 4]
-    hexed[:, 1::2] = digits[raw & 0x0F]
-    dash = np.full((n, 1), ord("-"), dtype=np.uint8)
-    text = np.hstack([hexed[:, :8], dash, hexed[:, 8:12], dash, hexed[:, 12:16], dash,
-                      hexed[:, 16:20], dash, hexed[:, 20:]])
-    offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
-    return pa.Array.from_buffers(
-        pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())]
+    return uuid_bytes_to_text(
+        pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw.tobytes())])
     )
 
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from egregora.database.batches import uuid_bytes_to_text
 from egregora.database.model import RUN_ID, NotBefore, NullWhen, OneOf, arrow_type
 from egregora.database.schemas import DOCUMENTS_SCHEMA
 
@@ -83,20 +84,11 @@ def _long_text(n: int, rng: np.random.Generator, corpus: np.ndarray) -> pa.Array
 
 
 def _uuid_text(raw: np.ndarray) -> pa.Array:
-    """16-byte rows as canonical UUID text."""
-    n = len(raw)
-    digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-    hexed = np.empty((n, 32), dtype=np.uint8)
-    hexed[:, 0::2] = digits[raw >> 4]
-    hexed[:, 1::2] = digits[raw & 0x0F]
-    dash = np.full((n, 1), ord("-"), dtype=np.uint8)
-    text = np.hstack(
-        [hexed[:, :8], dash, hexed[:, 8:12], dash, hexed[:, 12:16], dash, hexed[:, 16:20],
-         dash, hexed[:, 20:]]
-    )
-    offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
-    return pa.Array.from_buffers(
-        pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())]
+    """16-byte rows as canonical UUID text (the library's own vectorised formatter)."""
+    return uuid_bytes_to_text(
+        pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(16), len(raw), [None, pa.py_buffer(raw.tobytes())]
+        )
     )
 
 

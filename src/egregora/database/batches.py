@@ -134,7 +134,7 @@ def chunks(
         yield pa.Table.from_batches(pending, schema=reader.schema)
 
 
-def _uuid_bytes_to_text(arr: pa.Array) -> pa.Array:
+def uuid_bytes_to_text(arr: pa.Array) -> pa.Array:
     """16-byte UUIDs (``arrow.uuid`` or fixed_size_binary(16)) as canonical text, vectorised."""
     # BaseExtensionType: pyarrow's canonical pa.uuid() is not a (Python) pa.ExtensionType.
     if isinstance(arr.type, pa.BaseExtensionType):
@@ -189,7 +189,7 @@ def _cast(  # noqa: PLR0911, PLR0912 - one rule per kind of target type, read to
     is_bytes = types.is_binary(src) or types.is_large_binary(src) or types.is_binary_view(src)
     ok = False
     if isinstance(target_dtype, dt.UUID) and _is_uuid_bytes(src):
-        return _uuid_bytes_to_text(arr)
+        return uuid_bytes_to_text(arr)
     if isinstance(target_dtype, dt.JSON) and pa.types.is_nested(src):
         return _nested_to_json(arr)
     if pa.types.is_string(target):

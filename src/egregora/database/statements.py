@@ -206,25 +206,6 @@ def count_where_equal(table: str, key: list[str]) -> exp.Select:
     )
 
 
-def delete_referencing(child: TableSchema, fk: ForeignKey) -> exp.Delete:
-    """``DELETE FROM child WHERE (fk) IN (SELECT key FROM parent WHERE run_id = ?)``: the
-    rows of ``child`` that point at rows a run wrote in the parent."""
-    parent_rows = (
-        exp.select(*(column(c) for c in fk.ref_columns))
-        .from_(table_ref(fk.ref_table))
-        .where(exp.EQ(this=column(RUN_ID), expression=param()))
-    )
-    target = (
-        column(fk.columns[0])
-        if len(fk.columns) == 1
-        else exp.Tuple(expressions=[column(c) for c in fk.columns])
-    )
-    return exp.Delete(
-        this=table_ref(child.name),
-        where=exp.Where(this=exp.In(this=target, query=exp.Subquery(this=parent_rows))),
-    )
-
-
 def purged_rows(catalog: Catalog, table: TableSchema, *, dependents: bool) -> exp.Condition | None:
     """The rows of ``table`` that purging a run removes, the run id bound at every ``?``.
 
