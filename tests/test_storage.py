@@ -605,6 +605,36 @@ def test_chunk_rows_must_be_positive() -> None:
         DuckDBStorageManager(":memory:", chunk_rows=0)
 
 
+def _memory_limit(store: DuckDBStorageManager) -> str:
+    found = store._con.execute("SELECT current_setting('memory_limit')").fetchone()
+    assert found is not None
+    return str(found[0])
+
+
+def test_a_writable_file_store_bounds_duckdb_memory(tmp_path: Path) -> None:
+    default = duckdb.connect().execute("SELECT current_setting('memory_limit')").fetchone()
+    with DuckDBStorageManager(tmp_path / "a.duckdb") as store:
+        assert _memory_limit(store) == "488.2 MiB"  # the default, "512MB"
+    with DuckDBStorageManager(tmp_path / "b.duckdb", memory_limit="2GB") as store:
+        assert _memory_limit(store) == "1.8 GiB"
+    with DuckDBStorageManager(tmp_path / "c.duckdb", memory_limit=None) as store:
+        assert default is not None
+        assert _memory_limit(store) == default[0]
+    # An in-memory store's rows have nowhere to be evicted to: DuckDB's default is kept.
+    with DuckDBStorageManager(":memory:") as store:
+        assert _memory_limit(store) == default[0]
+
+
+def test_a_memory_limit_duckdb_cannot_read_is_refused_and_the_file_released(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.duckdb"
+    with pytest.raises(ValueError, match="memory_limit='lots'"):
+        DuckDBStorageManager(path, memory_limit="lots")
+    with DuckDBStorageManager(path) as store:  # nothing holds the file
+        assert not store.verify()
+
+
 def test_a_file_that_is_not_a_database_is_refused_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "notes.duckdb"
     path.write_text("these are not the rows you are looking for\n" * 50)

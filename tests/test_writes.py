@@ -419,3 +419,28 @@ def test_polars_and_pandas_nulls_and_timestamps(store: DuckDBStorageManager, run
     assert got.num_rows == 8
     ids = set(docs["id"].to_pylist())
     assert all(r["summary"] is None for r in got.to_pylist() if r["id"] in ids)
+
+
+def test_a_stream_holds_one_chunk_at_a_time_not_the_stream(open_store: OpenStore) -> None:
+    # Arrow memory in use while a 30-chunk stream is written: DuckDB once kept every chunk
+    # it had inserted referenced until COMMIT, which grew with the stream.
+    store = open_store(chunk_rows=2000)
+    run = RunStore(store).start_run("stream")
+    batches = 30
+    in_use: list[int] = []
+    sizes: list[int] = []
+
+    def produce() -> Any:
+        for i in range(batches):
+            in_use.append(pa.total_allocated_bytes())
+            batch = make_documents(2000, seed=1000 + i).combine_chunks().to_batches()[0]
+            sizes.append(batch.nbytes)
+            yield batch
+
+    schema = make_documents(0).schema
+    reader = pa.RecordBatchReader.from_batches(schema, produce())
+
+    assert store.write("documents", reader, run_id=run.run_id) == batches * 2000
+    chunk = max(sizes)
+    # A chunk, its conformed copy and the next being read; never the stream (30 chunks).
+    assert max(in_use[5:]) - in_use[1] < 4 * chunk, (in_use, chunk)

@@ -432,6 +432,9 @@ class StorageManager(abc.ABC):
                     schema, batch, present=chunk.column_names, on_conflict=on_conflict,
                     run_id=run_id,
                 )
+                # Not held while the next chunk is read: a stream holds one chunk at a time
+                # (the last raw chunk is kept for the diagnosis of a failed COMMIT).
+                del batch
             self._finish_loads()
             if schema.lineage and run_id is not None:
                 # Never before the start: a clock stepped back would break the runs CHECK

@@ -25,7 +25,7 @@ from egregora.database.errors import LineageError, ValidationError
 from egregora.database.model import RUN_ID, TableSchema, arrow_type
 
 #: Rows per chunk of a streamed write: bounds memory by the chunk, not by the stream.
-DEFAULT_CHUNK_ROWS = 250_000
+DEFAULT_CHUNK_ROWS = 100_000
 
 _FAILURE_SCHEMA = pa.schema(
     [("column", pa.string()), ("check", pa.string()), ("value", pa.string()), ("key", pa.string())]
@@ -174,16 +174,21 @@ def _is_uuid_bytes(t: pa.DataType) -> bool:
 
 
 def _cast(  # noqa: PLR0911, PLR0912 - one rule per kind of target type, read top to bottom
-    arr: pa.Array, target_dtype: dt.DataType, target: pa.DataType
-) -> pa.Array | str:
-    """The column cast to ``target``, or the reason it cannot be cast without loss."""
-    src = arr.type
+    column: pa.ChunkedArray, target_dtype: dt.DataType, target: pa.DataType
+) -> pa.Array | pa.ChunkedArray | str:
+    """The column cast to ``target``, or the reason it cannot be cast without loss.
+
+    A column that already has its declared type is returned as is, chunks and buffers
+    shared: conforming a well-typed batch copies nothing.
+    """
+    src = column.type
     if src == target:
-        return arr
+        return column
     if pa.types.is_null(src):
-        return pa.nulls(len(arr), target)
+        return pa.nulls(len(column), target)
+    arr = column.combine_chunks()
     if pa.types.is_dictionary(src):
-        return _cast(arr.dictionary_decode(), target_dtype, target)
+        return _cast(pa.chunked_array([arr.dictionary_decode()]), target_dtype, target)
     types = pa.types
     is_text = types.is_string(src) or types.is_large_string(src) or types.is_string_view(src)
     is_bytes = types.is_binary(src) or types.is_large_binary(src) or types.is_binary_view(src)
@@ -236,18 +241,13 @@ def conform(table: TableSchema, data: pa.Table, *, run_id: str | None) -> pa.Tab
         target = arrow_type(dtype)
         if name not in data.column_names or name in dupes:
             if name == RUN_ID and table.lineage and run_id is not None:
-                columns.append(pa.array([run_id] * data.num_rows, pa.string()))
+                columns.append(pa.repeat(pa.scalar(run_id, pa.string()), data.num_rows))
             elif dtype.nullable:
                 columns.append(pa.nulls(data.num_rows, target))
             elif name not in dupes:
                 problems.append((name, "missing_column", None, None))
             continue
-        col = (
-            data.column(name).combine_chunks()
-            if data.num_rows
-            else pa.array([], data.schema.field(name).type)
-        )
-        cast = _cast(col, dtype, target)
+        cast = _cast(data.column(name), dtype, target)
         if isinstance(cast, str):
             problems.append((name, "type", cast, None))
             lineage_problem |= table.lineage and name in {RUN_ID, "created_at"}

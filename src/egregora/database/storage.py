@@ -16,6 +16,13 @@ Facts that shape this module (DESIGN §3, measured on duckdb 1.5.6):
   rollback with anti-joins that list every offending row. The happy path pays nothing.
 - One process per file: another process's lock surfaces as :class:`StoreLockedError` with the
   holder's PID, after retrying for ``lock_timeout`` seconds.
+- An Arrow batch ``register``-ed on a connection stays referenced until that connection's
+  transaction ends, ``unregister`` or not (the dropped view is a catalog entry kept for the
+  transaction): a streamed write would hold every chunk it inserted until its COMMIT, about
+  1.6 GB per million documents. So nothing is registered on the write connection inside a
+  write. The insert reads the chunk through DuckDB's replacement scan of a local variable of
+  the calling frame, which references it for that statement only, and validation reads it on
+  a cursor of its own in autocommit, where the registration ends with the statement.
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ if TYPE_CHECKING:
 __all__ = ["DuckDBStorageManager", "package_version"]
 
 _BATCH_VIEW = "egregora_incoming_batch"
+
+#: DuckDB's buffer memory for a writable store file (see ``memory_limit``).
+DEFAULT_MEMORY_LIMIT = "512MB"
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -76,6 +86,12 @@ class DuckDBStorageManager(StorageManager):
         lock_timeout: Seconds to keep retrying while another process holds the file.
         catalog: The declared tables (egregora's by default; extend it with your own).
         chunk_rows: Rows per insert of a streamed write; bounds memory of a stream.
+        memory_limit: DuckDB's buffer memory for this database file (``"512MB"``, ``"4GB"``),
+            set while a writer holds it; ``None`` leaves DuckDB's own default (80% of RAM).
+            A write's uncommitted rows are written to the file as they arrive and their
+            blocks stay cached up to this limit, so without one a long streamed write grows
+            the process by ~0.65 GB per million documents. Not applied to ``":memory:"``
+            stores (their data has nowhere else to go) nor to read-only ones.
         heartbeat_timeout: A RUNNING run whose heartbeat is older than this when the store
             is opened is marked CRASHED (runs of dead local processes are marked at once).
 
@@ -103,9 +119,12 @@ class DuckDBStorageManager(StorageManager):
         catalog: Catalog = CATALOG,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         heartbeat_timeout: timedelta = timedelta(minutes=10),
+        memory_limit: str | None = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         super().__init__(
-            read_only=read_only, catalog=catalog, chunk_rows=chunk_rows,
+            read_only=read_only,
+            catalog=catalog,
+            chunk_rows=chunk_rows,
             heartbeat_timeout=heartbeat_timeout,
         )
         self.path = str(path)
@@ -115,7 +134,18 @@ class DuckDBStorageManager(StorageManager):
         if read_only and not Path(self.path).exists():
             raise ConnectionFailedError(f"no store at {self.path} to open read-only")
         self._con = self._connect(lock_timeout)
+        if memory_limit is not None and not read_only and self.path != ":memory:":
+            self._set_memory_limit(memory_limit)
         self._ibis = ibis.duckdb.from_connection(self._con)
+        # Ibis turns replacement scans off; the insert reads its chunk through one (see the
+        # module's notes). Only the frame that calls execute is searched, and the library's
+        # statements on this connection name declared tables only.
+        self._con.execute("SET python_enable_replacements = true")
+        self._con.execute("SET python_scan_all_frames = false")
+        # Validation's connection: a batch registered here is released when its statement
+        # ends, not when the write's transaction does (see the module's notes).
+        self._check_con = self._con.cursor()
+        self._check_ibis = ibis.duckdb.from_connection(self._check_con)
         self._open()
 
     @property
@@ -154,6 +184,16 @@ class DuckDBStorageManager(StorageManager):
                 delay = min(delay * 2, 0.5)
             except duckdb.Error as exc:
                 raise ConnectionFailedError(f"cannot open {self.path}: {exc}") from exc
+
+    def _set_memory_limit(self, limit: str) -> None:
+        try:
+            self._con.execute(f"SET memory_limit = {ddl.literal(limit).sql('duckdb')}")
+        except duckdb.Error as exc:
+            self._con.close()
+            raise ValueError(
+                f"memory_limit={limit!r} is not a DuckDB memory size such as '512MB' or "
+                f"'4GB': {str(exc).splitlines()[0]}"
+            ) from exc
 
     def _reflect(self) -> dict[str, ReflectedTable]:
         names = [t.name for t in (LAYOUT_TABLE, *self.catalog.tables)]
@@ -229,11 +269,22 @@ class DuckDBStorageManager(StorageManager):
 
     @contextlib.contextmanager
     def _batch_view(self, batch: pa.Table) -> Iterator[ir.Table]:
-        self._con.register(_BATCH_VIEW, batch)
+        # On the validation cursor, in autocommit: validation reads only the batch.
+        self._check_con.register(_BATCH_VIEW, batch)
         try:
-            yield self._ibis.table(_BATCH_VIEW)
+            yield self._check_ibis.table(_BATCH_VIEW)
         finally:
-            self._con.unregister(_BATCH_VIEW)
+            self._check_con.unregister(_BATCH_VIEW)
+
+    def _fetch_with_batch(self, statement: exp.Expression, batch: pa.Table) -> pa.Table:
+        """Run ``statement`` on the write connection, its batch relation reading ``batch``.
+
+        DuckDB resolves the relation's name (``egregora_incoming_batch``), found in no
+        catalog, to the local variable of that name in this frame (its replacement scan):
+        the batch is referenced for this statement only, not until the transaction ends.
+        """
+        egregora_incoming_batch = batch  # noqa: F841 - read by name by DuckDB
+        return self._con.execute(ddl.to_sql(statement)).to_arrow_table()
 
     def _load_chunk(
         self,
@@ -244,26 +295,24 @@ class DuckDBStorageManager(StorageManager):
         on_conflict: OnConflict,
         run_id: str | None,
     ) -> int:
-        self._con.register(_BATCH_VIEW, batch)
-        try:
-            if on_conflict == "update":
-                self._refuse_moved_references(schema, run_id)
-            insert = statements.insert_from(
-                schema, _BATCH_VIEW, on_conflict=on_conflict, present=present
+        if on_conflict == "update":
+            refuse_moved_references(
+                lambda query: self._fetch_with_batch(query, batch),
+                schema,
+                _BATCH_VIEW,
+                run_id=run_id,
             )
-            row = self._con.execute(ddl.to_sql(insert)).fetchone()
-            return int(row[0]) if row else 0
-        finally:
-            self._con.unregister(_BATCH_VIEW)
+        insert = statements.insert_from(
+            schema, _BATCH_VIEW, on_conflict=on_conflict, present=present
+        )
+        found = self._fetch_with_batch(insert, batch)
+        return int(found.column(0)[0].as_py()) if found.num_rows else 0
 
     def _diagnose(
         self, exc: BaseException, schema: TableSchema, chunk: pa.Table | None, *, run_id: str | None
     ) -> StorageError:
         assert isinstance(exc, duckdb.Error)
         return diagnose_write_failure(self._con, exc, schema, chunk, run_id=run_id)
-
-    def _refuse_moved_references(self, schema: TableSchema, run_id: str | None) -> None:
-        refuse_moved_references(self._con, schema, _BATCH_VIEW, run_id=run_id)
 
     def _delete_keys(self, schema: TableSchema, keys: pa.Table) -> int:
         self._con.register(_BATCH_VIEW, keys)
@@ -294,6 +343,8 @@ class DuckDBStorageManager(StorageManager):
         return backend
 
     def _close_connections(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self._check_con.close()
         for cursor in list(self._cursors):
             with contextlib.suppress(duckdb.Error):
                 cursor.close()

@@ -264,7 +264,7 @@ def diagnose_write_failure(
 
 
 def refuse_moved_references(
-    con: duckdb.DuckDBPyConnection, schema: TableSchema, source: str, *, run_id: str | None
+    fetch: Fetch, schema: TableSchema, source: str, *, run_id: str | None
 ) -> None:
     """Refuse an update that would point stored rows at another parent.
 
@@ -275,7 +275,7 @@ def refuse_moved_references(
     refs = [c for fk in schema.foreign_keys for c in fk.columns if c != RUN_ID]
     if not refs:
         return
-    found = con.execute(ddl.to_sql(statements.changed_references(schema, source))).to_arrow_table()
+    found = fetch(statements.changed_references(schema, source))
     if found.num_rows == 0:
         return
     raise refuse_moved_references_error(schema, found, run_id=run_id)
