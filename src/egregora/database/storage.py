@@ -55,6 +55,7 @@ from egregora.database.migrations import (
     canonical_check,
 )
 from egregora.database.model import Catalog, TableSchema
+from egregora.database.relations import bound_table
 from egregora.database.schemas import CATALOG
 from egregora.database.statements import OnConflict
 from egregora.database.translate import (
@@ -272,19 +273,20 @@ class DuckDBStorageManager(StorageManager):
         # On the validation cursor, in autocommit: validation reads only the batch.
         self._check_con.register(_BATCH_VIEW, batch)
         try:
-            yield self._check_ibis.table(_BATCH_VIEW)
+            yield bound_table(self._check_ibis, _BATCH_VIEW, batch.schema)
         finally:
             self._check_con.unregister(_BATCH_VIEW)
 
-    def _fetch_with_batch(self, statement: exp.Expression, batch: pa.Table) -> pa.Table:
+    def _fetch_with_batch(self, statement: exp.Expression | str, batch: pa.Table) -> pa.Table:
         """Run ``statement`` on the write connection, its batch relation reading ``batch``.
 
         DuckDB resolves the relation's name (``egregora_incoming_batch``), found in no
         catalog, to the local variable of that name in this frame (its replacement scan):
         the batch is referenced for this statement only, not until the transaction ends.
         """
+        sql = statement if isinstance(statement, str) else ddl.to_sql(statement)
         egregora_incoming_batch = batch  # noqa: F841 - read by name by DuckDB
-        return self._con.execute(ddl.to_sql(statement)).to_arrow_table()
+        return self._con.execute(sql).to_arrow_table()
 
     def _load_chunk(
         self,
@@ -302,8 +304,11 @@ class DuckDBStorageManager(StorageManager):
                 _BATCH_VIEW,
                 run_id=run_id,
             )
-        insert = statements.insert_from(
-            schema, _BATCH_VIEW, on_conflict=on_conflict, present=present
+        insert = self._sql(
+            ("insert", schema, on_conflict, tuple(present)),
+            lambda: statements.insert_from(
+                schema, _BATCH_VIEW, on_conflict=on_conflict, present=present
+            ),
         )
         found = self._fetch_with_batch(insert, batch)
         return int(found.column(0)[0].as_py()) if found.num_rows else 0

@@ -44,6 +44,7 @@ from pandera.errors import SchemaErrorReason, SchemaErrors
 
 from egregora.database.errors import MESSAGE_EXAMPLES, LineageError, StorageError, ValidationError
 from egregora.database.model import RUN_ID, Check, NullWhen, RequiredWhen, TableSchema, arrow_type
+from egregora.database.relations import bound_table
 
 if TYPE_CHECKING:
     import ibis.expr.types as ir
@@ -137,7 +138,7 @@ def _compiled_gate(
         # execution (~40 ms), while a view is one name to it. The view reads the batch
         # relation by name, so it serves every batch of the run on this connection.
         backend.con.execute(f'CREATE TEMP VIEW IF NOT EXISTS "{view}" AS {sql}')
-        verdict: ir.BooleanScalar = backend.table(view).ok.all()
+        verdict: ir.BooleanScalar = bound_table(backend, view).ok.all()
         return verdict
 
     return pandera_ibis.Check(check, name=_GATE)
@@ -242,14 +243,16 @@ def _lineage_rules(
             f"`{table.name}` records lineage: validating a batch needs the writing run's id",
             table=table.name,
         )
-    run = ibis.literal(run_id)
+    # UUID text in any case names the same run (the store keeps it canonical, lower case),
+    # as the run_id a write is given does; the writing run's id arrives canonical.
+    run = ibis.literal(run_id.lower())
     rules = [
         _Rule(
             RUN_ID_MATCHES_RUN,
             (RUN_ID,),
-            lambda t, c: t[c].notnull() & (t[c] != run),
+            lambda t, c: t[c].notnull() & (t[c].lower() != run),
             # A NULL run_id is reported once, by the not_null rule.
-            holds=_all(lambda t: t[RUN_ID].isnull() | (t[RUN_ID] == run)),
+            holds=_all(lambda t: t[RUN_ID].isnull() | (t[RUN_ID].lower() == run)),
             lineage=True,
             phrase=("carries a foreign run_id", "carry a foreign run_id"),
         )
