@@ -131,8 +131,9 @@ def translate_postgres_error(
 
     SQLSTATE decides: 23503 is a ForeignKeyViolationError, 23505 a DuplicateKeyError, other
     integrity violations (23xxx: NOT NULL, CHECK) a ConstraintViolationError, data exceptions
-    (22xxx: a text that is no UUID or no JSON) a ValidationError, 25006 a ReadOnlyError and
-    a lost connection (08xxx) a ConnectionFailedError.
+    (22xxx: a text that is no UUID or no JSON) a ValidationError, as is a value psycopg
+    refuses to send (a ``DataError`` without SQLSTATE: a NUL in text), 25006 a ReadOnlyError
+    and a lost connection (08xxx) a ConnectionFailedError.
     """
     state = exc.sqlstate or ""
     text = _first_line(exc)
@@ -148,7 +149,8 @@ def translate_postgres_error(
             run_id=run_id,
             examples=[detail] if detail else [],
         )
-    if state.startswith("22"):
+    if state.startswith("22") or (not state and isinstance(exc, psycopg.DataError)):
+        # No SQLSTATE: psycopg refused the value before sending it (a NUL in text).
         return ValidationError(f"a value could not be converted: {text}", table=table or "?")
     if state == "25006":
         return ReadOnlyError(f"the store is read-only: {text}", table=table, run_id=run_id)

@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -98,18 +99,38 @@ class Run:
         return pa.Table.from_pylist([values], schema=RUNS_SCHEMA.to_arrow())
 
 
-def _checked_text(value: str, path: str) -> str:
-    # A lone surrogate is a Python str but not Unicode text: JSON, hashing and the store
-    # would all fail on it later, with less helpful errors.
+def _checked_text(value: str, path: str, *, column: str = "config") -> str:
+    # A lone surrogate is a Python str but not Unicode text: JSON, hashing, Arrow and the
+    # store would all fail on it later, with less helpful errors (or none of the library's).
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
+        where = f"config text at {path}" if column == "config" else f"the run's {column}"
         raise ValidationError(
-            f"config text at {path} is not valid Unicode ({exc.reason})",
+            f"{where} is not valid Unicode ({exc.reason})",
             table=RUNS_TABLE,
-            columns=["config"],
+            columns=[column],
         ) from exc
     return value
+
+
+def _storable(text: str) -> str:
+    """An exception's text as every store can keep it: lone surrogates (not Unicode) and NUL
+    (which PostgreSQL text refuses) escaped. Recording a failure must not fail in its turn
+    and hide the exception it records."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _run_key(run_id: object) -> str | None:
+    """A run id as canonical UUID text, or None when it is no UUID (no run can have it).
+
+    Checked here, before any query: text that is no UUID (or not even Unicode, such as a
+    lone surrogate) would otherwise reach the driver, which fails on it in its own way.
+    """
+    try:
+        return str(run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id)))
+    except ValueError:
+        return None
 
 
 def _normalise(value: Any, path: str) -> Any:
@@ -238,6 +259,7 @@ class RunStore:
             ValidationError: the config is not a mapping, or not JSON.
             RunNotFoundError: ``parent_run_id`` names no run.
         """
+        _checked_text(name, "name", column="name")
         digest = config_hash({} if config is None else config)
         config = dict(config or {})
         if parent_run_id is not None:
@@ -255,11 +277,11 @@ class RunStore:
 
     def find_run(self, run_id: str) -> Run | None:
         """The run, or None when no run has this id."""
+        key = _run_key(run_id)
+        if key is None:
+            return None
         query = statements.select_where_equal(RUNS_TABLE, list(RUNS_SCHEMA.column_names), [RUN_ID])
-        try:
-            rows = self.storage._execute(query, [str(run_id)]).to_pylist()
-        except ValidationError:
-            return None  # not a UUID: no run can have it
+        rows = self.storage._execute(query, [key]).to_pylist()
         return Run.from_row(rows[0]) if rows else None
 
     def get_run(self, run_id: str) -> Run:
@@ -307,6 +329,8 @@ class RunStore:
                 + (" (rollback_run rolls back)" if status is RunStatus.ROLLED_BACK else ""),
                 table=RUNS_TABLE, run_id=str(run_id),
             )
+        if error is not None:
+            _checked_text(error, "error", column="error")
         with self.storage._lock:
             run = self.get_run(run_id)
             if run.status is not RunStatus.RUNNING:
@@ -355,9 +379,8 @@ class RunStore:
             self._end_if_running(run.run_id, status=RunStatus.CANCELLED, error="KeyboardInterrupt")
             raise
         except BaseException as exc:
-            self._end_if_running(
-                run.run_id, status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
-            )
+            error = _storable(f"{type(exc).__name__}: {exc}")
+            self._end_if_running(run.run_id, status=RunStatus.FAILED, error=error)
             raise
         self._end_if_running(run.run_id, status=RunStatus.COMPLETED, error=None)
 
