@@ -158,6 +158,10 @@ def test_delete_rows_checks_its_keys(duckdb_store: DuckDBStorageManager) -> None
         store.delete_rows("documents", [(doc_ids[1], "extra")])
     assert caught.value.failures is not None
     assert caught.value.failures["check"].to_pylist() == ["key_parts"]
+    with pytest.raises(errors.ValidationError, match="do not fit its primary key") as caught:
+        store.delete_rows("documents", ["\ud800"])  # no Unicode text: cannot be a key
+    assert caught.value.failures is not None
+    assert caught.value.failures["check"].to_pylist() == ["type"]
     unknown = uuids(1, np.random.default_rng(1))[0].as_py()
     assert store.delete_rows("documents", [unknown]) == 0
     assert store.delete_rows("documents", [doc_ids[1]]) == 1

@@ -44,6 +44,7 @@ from egregora.database.errors import (
     RunNotFoundError,
     RunStateError,
     TableNotFoundError,
+    UnknownRunError,
 )
 from egregora.database.schemas import CATALOG
 
@@ -185,6 +186,21 @@ def test_unknown_run(store: DuckDBStorageManager, run_id: str) -> None:
         {"column": "run_id", "check": "run_exists", "value": run_id, "key": None}
     ]
     assert "nothing written" in str(err)
+    assert store.table("documents").count().execute() == 0
+
+
+@pytest.mark.parametrize("run_id", ["\ud800", "run\x00id"], ids=["lone_surrogate", "nul"])
+def test_a_run_id_that_cannot_be_sent_is_an_unknown_run(
+    store: DuckDBStorageManager, run_id: str
+) -> None:
+    # Refused before any query: neither DuckDB nor PostgreSQL could be handed it.
+    with pytest.raises(UnknownRunError) as caught:
+        store.write("documents", make_documents(2), run_id=run_id)
+    shown = run_id.encode("utf-8", "backslashreplace").decode()
+    assert caught.value.run_id == shown
+    assert caught.value.failures is not None
+    assert caught.value.failures["value"].to_pylist() == [shown]
+    assert "is not a run id (expected a UUID)" in str(caught.value)
     assert store.table("documents").count().execute() == 0
 
 

@@ -41,6 +41,7 @@ from egregora.database import (
 from egregora.database.errors import (
     ConnectionFailedError,
     ConstraintViolationError,
+    DiskFullError,
     DuplicateKeyError,
     ForeignKeyViolationError,
     ReadOnlyError,
@@ -50,12 +51,14 @@ from egregora.database.errors import (
     TableNotFoundError,
     ValidationError,
 )
+from egregora.database.model import utc_now
 from egregora.database.schemas import (
     ANNOTATIONS_SCHEMA,
     DOCUMENTS_SCHEMA,
     MESSAGES_SCHEMA,
     RUNS_SCHEMA,
 )
+from egregora.database.translate import translate_duckdb_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -623,6 +626,72 @@ def test_a_writable_file_store_bounds_duckdb_memory(tmp_path: Path) -> None:
     # An in-memory store's rows have nowhere to be evicted to: DuckDB's default is kept.
     with DuckDBStorageManager(":memory:") as store:
         assert _memory_limit(store) == default[0]
+
+
+def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) -> None:
+    # 48 MB: the indexes may take a quarter, 12 MB, before the limit grows: ~300k rows at
+    # 40 B while inserting, ~107k rows at 112 B for the COMMIT.
+    store = DuckDBStorageManager(
+        tmp_path / "s.duckdb", catalog=CATALOG.extend(NOTES), memory_limit="48MB",
+        chunk_rows=80_000,
+    )
+    try:
+        run = RunStore(store).start_run("large")
+        n = 400_000
+        notes = pa.table({
+            "id": uuids(n, np.random.default_rng(32)),
+            "body": pa.repeat(pa.scalar("a note", pa.string()), n),
+            "created_at": pa.repeat(pa.scalar(utc_now(), pa.timestamp("us", "UTC")), n),
+        })
+        seen: list[str] = []
+
+        def produce(table: pa.Table) -> pa.RecordBatchReader:
+            def batches() -> Iterator[pa.RecordBatch]:
+                for batch in table.combine_chunks().to_batches(max_chunksize=80_000):
+                    seen.append(_memory_limit(store))
+                    yield batch
+
+            return pa.RecordBatchReader.from_batches(table.schema, batches())
+
+        assert store.write("notes", produce(notes), run_id=run.run_id) == n
+        # 240k rows need 9.6 MB of index, 320k 12.8 MB: one 128 MiB step, from the 5th chunk.
+        assert seen == [*["45.7 MiB"] * 4, "173.6 MiB"]
+        assert _memory_limit(store) == "45.7 MiB"
+        # A failed write restores it too: 320k new rows, then 80k stored ones.
+        seen.clear()
+        fresh = notes.set_column(0, "id", uuids(n, np.random.default_rng(33)))
+        clash = pa.concat_tables([fresh.slice(0, 320_000), notes.slice(0, 80_000)])
+        with pytest.raises(DuplicateKeyError):
+            store.write("notes", produce(clash), run_id=run.run_id)
+        assert seen[-1] == "173.6 MiB"
+        assert _memory_limit(store) == "45.7 MiB"
+        assert count(store, "notes") == n
+    finally:
+        store.close()
+
+
+def test_running_out_of_memory_is_a_storage_error_that_says_what_to_do() -> None:
+    exc = duckdb.OutOfMemoryException(
+        "Out of Memory Error: failed to pin block of size 256.0 KiB (488.2 MiB/488.2 MiB used)"
+    )
+    err = translate_duckdb_error(exc, table="documents", run_id="r1")
+    assert type(err) is StorageError
+    assert (err.table, err.run_id) == ("documents", "r1")
+    assert "ran out of memory writing `documents`" in str(err)
+    assert "memory_limit=" in str(err)
+    assert "Nothing was written" in str(err)
+
+
+@pytest.mark.parametrize(
+    "cause", ["No space left on device", "File too large", "Disk quota exceeded"]
+)
+def test_a_full_disk_is_a_disk_full_error(cause: str) -> None:
+    exc = duckdb.IOException(f'Could not write file "/data/store.duckdb.wal": {cause}')
+    err = translate_duckdb_error(exc, table="documents", run_id="r1")
+    assert type(err) is DiskFullError
+    assert (err.table, err.run_id) == ("documents", "r1")
+    assert cause in str(err)
+    assert "Nothing of this call was written" in str(err)
 
 
 def test_a_memory_limit_duckdb_cannot_read_is_refused_and_the_file_released(

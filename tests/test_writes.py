@@ -328,6 +328,26 @@ def test_an_empty_batch_writes_nothing(store: DuckDBStorageManager, run: Run) ->
     assert stored(store, "documents").num_rows == 0
 
 
+
+@pytest.mark.parametrize("fault", ["unknown_column", "missing_column", "wrong_type"])
+def test_an_empty_batch_of_the_wrong_shape_is_refused(
+    store: DuckDBStorageManager, run: Run, fault: str
+) -> None:
+    empty = make_documents(0)
+    if fault == "unknown_column":
+        empty = empty.append_column("bogus", pa.array([], pa.string()))
+    elif fault == "missing_column":
+        empty = empty.drop_columns(["content"])
+    else:
+        empty = empty.set_column(
+            empty.schema.get_field_index("content"), "content", pa.array([], pa.int64())
+        )
+    with pytest.raises(ValidationError, match="does not fit its declared columns") as caught:
+        store.write("documents", empty, run_id=run.run_id)
+    assert caught.value.failures is not None
+    assert caught.value.failures["check"].to_pylist() == [fault.replace("wrong_", "")]
+
+
 def test_bad_uuid_text_lists_every_row(store: DuckDBStorageManager, run: Run) -> None:
     docs = make_documents(8, seed=12)
     ids = docs["id"].to_pylist()

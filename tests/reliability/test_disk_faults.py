@@ -65,7 +65,8 @@ def test_a_full_disk_refuses_the_write_and_keeps_what_was_committed(
     committed = list(range(refused["batch"]))
 
     # The refusal: a library error, from a driver error, naming the operating system's.
-    assert "StorageError" in refused["mro"], refused
+    assert "DiskFullError" in refused["mro"], refused
+    assert "Nothing of this call was written" in refused["message"], refused
     assert refused["module"] == "egregora.database.errors", refused
     assert refused["cause"] is not None
     assert refused["cause"].startswith("_duckdb."), refused

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
+import uuid
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -393,20 +394,24 @@ class StorageManager(abc.ABC):
                 columns=[RUN_ID],
                 failures=failures_table([(RUN_ID, "not_null", None, None)]),
             )
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            # Before any query: a text that is no UUID (a lone surrogate, a NUL) may not even
+            # be sendable to the database.
+            shown = run_id.encode("utf-8", "backslashreplace").decode()
+            raise UnknownRunError(
+                f"{shown!r} is not a run id (expected a UUID) for `{schema.name}`",
+                table=schema.name, columns=[RUN_ID], run_id=shown,
+                failures=failures_table([(RUN_ID, "run_exists", shown, None)]),
+            ) from None
         query = self._sql(
             "run_state",
             lambda: statements.select_where_equal(RUNS_TABLE, ["status", "started_at"], [RUN_ID]),
         )
         # A lineage check like the per-row ones, but every row of the batch fails it: the
         # errors are LineageErrors (and RunNotFoundError / RunStateError) with one failure.
-        try:
-            found = self._execute(query, [run_id]).to_pylist()
-        except ValidationError as exc:
-            raise UnknownRunError(
-                f"{run_id!r} is not a run id (expected a UUID) for `{schema.name}`",
-                table=schema.name, columns=[RUN_ID], run_id=run_id,
-                failures=failures_table([(RUN_ID, "run_exists", run_id, None)]),
-            ) from exc
+        found = self._execute(query, [run_id]).to_pylist()
         if not found:
             raise UnknownRunError(
                 f"no run {run_id} to write `{schema.name}` with: start one with "
@@ -438,9 +443,10 @@ class StorageManager(abc.ABC):
         self._begin()
         try:
             for chunk in chunks(reader, max_rows=self.chunk_rows):
-                if chunk.num_rows == 0:
-                    continue
+                # Conformed even when empty: an empty batch of the wrong shape is refused.
                 batch = conform(schema, chunk, run_id=run_id)
+                if batch.num_rows == 0:
+                    continue
                 with self._batch_view(batch) as view:
                     validate_batch(view, schema, run_id=run_id, run_started_at=started_at)
                 written += self._load_chunk(

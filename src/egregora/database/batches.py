@@ -95,7 +95,8 @@ def key_batch(table: TableSchema, keys: Sequence[Any]) -> pa.Table:
             values = [str(key[i]) if isinstance(key[i], uuid.UUID) else key[i] for key in rows]
             try:
                 columns[name] = pa.array(values, arrow_type(table.schema[name]))
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:
+                # A UnicodeEncodeError: text that is no Unicode (a lone surrogate).
                 problems.append((name, "type", str(exc).splitlines()[0], None))
     if problems:
         raise ValidationError(

@@ -117,6 +117,14 @@ class ReadOnlyError(StorageError):
     """A write was attempted through a store opened read-only."""
 
 
+class DiskFullError(StorageError):
+    """The disk (or the process's file size limit) refused the store's file a write.
+
+    Nothing of the refused call was written; what was committed before it is intact. Free
+    space and write again.
+    """
+
+
 class RowError(StorageError):
     """An error about rows of a batch; ``failures`` lists every offending row."""
 

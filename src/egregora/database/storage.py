@@ -75,6 +75,15 @@ _BATCH_VIEW = "egregora_incoming_batch"
 
 #: DuckDB's buffer memory for a writable store file (see ``memory_limit``).
 DEFAULT_MEMORY_LIMIT = "512MB"
+
+#: DuckDB memory a write needs per row it inserts, whatever the cache: the transaction's own
+#: primary- and foreign-key indexes while inserting (~32 B per row of ``documents``), and at
+#: COMMIT their merge into the table's (~80 B more). Measured on 10M documents in one
+#: transaction: 320 MB of index before COMMIT, 0.8 GB more during it.
+_INSERT_BYTES_PER_ROW = 40
+_COMMIT_BYTES_PER_ROW = 112
+_LIMIT_STEP = 128 << 20
+_UNITS = {"bytes": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -91,8 +100,11 @@ class DuckDBStorageManager(StorageManager):
             set while a writer holds it; ``None`` leaves DuckDB's own default (80% of RAM).
             A write's uncommitted rows are written to the file as they arrive and their
             blocks stay cached up to this limit, so without one a long streamed write grows
-            the process by ~0.65 GB per million documents. Not applied to ``":memory:"``
-            stores (their data has nowhere else to go) nor to read-only ones.
+            the process by ~0.65 GB per million documents. A write of more than about a
+            million rows raises it for its own duration by what its key indexes need
+            (~40 B per row, ~112 B at COMMIT), which no cache can give back. Not applied
+            to ``":memory:"`` stores (their data has nowhere else to go) nor to read-only
+            ones.
         heartbeat_timeout: A RUNNING run whose heartbeat is older than this when the store
             is opened is marked CRASHED (runs of dead local processes are marked at once).
 
@@ -130,6 +142,10 @@ class DuckDBStorageManager(StorageManager):
         )
         self.path = str(path)
         self._cursors: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._base_limit: int | None = None  # bytes, when the library set memory_limit
+        self._base_limit_text = ""
+        self._raised_limit: int | None = None
+        self._transaction_rows = 0
         if read_only and self.path == ":memory:":
             raise ConnectionFailedError("an in-memory store cannot be opened read-only")
         if read_only and not Path(self.path).exists():
@@ -195,6 +211,41 @@ class DuckDBStorageManager(StorageManager):
                 f"memory_limit={limit!r} is not a DuckDB memory size such as '512MB' or "
                 f"'4GB': {str(exc).splitlines()[0]}"
             ) from exc
+        found = self._con.execute("SELECT current_setting('memory_limit')").fetchone()
+        number, _, unit = str(found[0] if found else "").partition(" ")
+        with contextlib.suppress(ValueError, KeyError):
+            self._base_limit = int(float(number) * _UNITS[unit])
+            self._base_limit_text = limit
+
+    def _fit_memory_limit(self, bytes_per_row: int) -> None:
+        """Raise memory_limit, for this transaction, by what its key indexes need.
+
+        The first quarter of the limit is the indexes' to take (about a million rows for the
+        default); beyond that the limit grows in steps of 128 MB, so that a small write never
+        changes it. It is raised only as the rows come: what it gives, the cache may fill.
+        """
+        if self._base_limit is None:
+            return
+        need = bytes_per_row * self._transaction_rows - self._base_limit // 4
+        if need <= 0:
+            return
+        wanted = self._base_limit + -(-need // _LIMIT_STEP) * _LIMIT_STEP
+        if wanted > (self._raised_limit or self._base_limit):
+            self._con.execute(f"SET memory_limit = '{wanted}B'")
+            self._raised_limit = wanted
+
+    def _restore_memory_limit(self) -> None:
+        """Lower memory_limit back after a write that raised it.
+
+        DuckDB refuses to lower it below what it cannot evict yet (right after a large
+        ROLLBACK, say); it is then left raised and lowered at the next write's end.
+        """
+        if self._raised_limit is None:
+            return
+        base = ddl.literal(self._base_limit_text).sql("duckdb")
+        with contextlib.suppress(duckdb.OutOfMemoryException):
+            self._con.execute(f"SET memory_limit = {base}")
+            self._raised_limit = None
 
     def _reflect(self) -> dict[str, ReflectedTable]:
         names = [t.name for t in (LAYOUT_TABLE, *self.catalog.tables)]
@@ -235,10 +286,15 @@ class DuckDBStorageManager(StorageManager):
         """Nothing: DuckDB admits one writing process per file, which then migrates alone."""
 
     def _begin(self) -> None:
+        self._transaction_rows = 0
         self._con.begin()
 
     def _commit(self) -> None:
-        self._con.commit()
+        try:
+            self._fit_memory_limit(_COMMIT_BYTES_PER_ROW)
+            self._con.commit()
+        finally:
+            self._restore_memory_limit()
 
     def _translate(
         self, exc: BaseException, *, table: str | None, run_id: str | None
@@ -257,6 +313,8 @@ class DuckDBStorageManager(StorageManager):
         except duckdb.TransactionException as exc:
             if "no transaction is active" not in str(exc):
                 raise
+        finally:
+            self._restore_memory_limit()
 
     def _execute(self, statement: exp.Expression | str, params: Sequence[Any] = ()) -> pa.Table:
         """Run one statement on the write connection and return its result as Arrow."""
@@ -304,6 +362,8 @@ class DuckDBStorageManager(StorageManager):
                 _BATCH_VIEW,
                 run_id=run_id,
             )
+        self._transaction_rows += batch.num_rows
+        self._fit_memory_limit(_INSERT_BYTES_PER_ROW)
         insert = self._sql(
             ("insert", schema, on_conflict, tuple(present)),
             lambda: statements.insert_from(

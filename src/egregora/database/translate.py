@@ -20,6 +20,7 @@ from egregora.database import ddl, statements
 from egregora.database.batches import conform, failures_table
 from egregora.database.errors import (
     ConstraintViolationError,
+    DiskFullError,
     DuplicateKeyError,
     ForeignKeyViolationError,
     StorageError,
@@ -29,6 +30,9 @@ from egregora.database.model import RUN_ID, Catalog, TableSchema
 
 _SCRATCH_VIEW = "egregora_failed_batch"
 _QUOTED_KEY = re.compile(r'key "([^"]*)"')
+#: How the operating system's refusals of a write read in DuckDB's messages (ENOSPC, EFBIG,
+#: EDQUOT).
+_DISK_FULL = ("no space left on device", "file too large", "disk quota exceeded")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -62,6 +66,22 @@ def translate_duckdb_error(
         )
     if isinstance(exc, duckdb.ConversionException):
         return ValidationError(f"a value could not be converted: {text}", table=table or "?")
+    if any(cause in text.lower() for cause in _DISK_FULL):
+        return DiskFullError(
+            f"the disk refused a write{f' to `{table}`' if table else ''}: {text}. Nothing of "
+            "this call was written and what was committed before it is intact; free space "
+            "and write again",
+            table=table,
+            run_id=run_id,
+        )
+    if isinstance(exc, duckdb.OutOfMemoryException) or "failed to pin block" in text.lower():
+        return StorageError(
+            f"DuckDB ran out of memory{f' writing `{table}`' if table else ''}: {text}. Nothing "
+            "was written. Open the store with a larger memory_limit= (DuckDBStorageManager), "
+            "or write the rows in several calls",
+            table=table,
+            run_id=run_id,
+        )
     return StorageError(f"DuckDB failed: {text}", table=table, run_id=run_id)
 
 
