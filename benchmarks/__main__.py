@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for k in ("write", "small_batches") if isinstance(results[k], list)
              for c in results[k]]
     failed = [c for c in cells if c.get("status") == "failed"]
-    failed += [results[k] for k in ("validation", "lineage", "rollback")
+    failed += [results[k] for k in ("validation", "lineage", "rollback", "postgres")
                if isinstance(results.get(k), dict) and results[k].get("status") == "failed"]
     return 1 if failed else 0
 

@@ -2,7 +2,9 @@
 
 Run: ``.venv/bin/python -m benchmarks.bench_postgres --rows 1000000`` (server from
 ``EGREGORA_TEST_POSTGRES_URL``, default the local ``test`` database; it works in schemas of
-its own, dropped at the end).
+its own, named uniquely per call and dropped at the end, also when a measurement fails). The
+suite runs the same two comparisons as its workload 6 (:mod:`benchmarks.postgres`), on its own
+generated rows; run alone, this script generates simpler documents (:func:`documents`).
 
 1. Library vs COPY, same process, alternating, medians. The library writes egregora-like
    documents (content of 200-2000 characters) through ``PostgresStorageManager.write``: conform,
@@ -12,8 +14,9 @@ its own, dropped at the end).
    its uuid and json columns are converted to ``arrow.uuid``/``arrow.json`` before the clock
    starts, so the baseline times the COPY alone. The target is library <= 1.25x baseline.
    The COPY of the library's own encoded stream, pre-encoded, is reported as the floor.
+   Each timed call also records the growth of this process's resident memory over it.
 2. Concurrency: the same total rows written by one process, then by N processes at once (each
-   its own run), total rows/s of each.
+   its own run), total rows/s of each and the peak RSS of the largest writer.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import json
 import multiprocessing
 import os
 import statistics
-import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +38,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from benchmarks.measure import Window
 from egregora.database import ddl, pgcopy
 from egregora.database.batches import conform, uuid_bytes_to_text
 from egregora.database.model import utc_now
@@ -47,6 +53,9 @@ WORDS = np.array([
     "question", "answer", "thanks", "tomorrow", "today", "later", "again",
 ])
 DOC_TYPES = ("post", "profile", "journal", "media", "enrichment")
+#: Where ``created_at`` of the suite's rows is stamped: a day ahead, because a row may not
+#: predate the run that writes it and the runs start after the rows are loaded.
+_DAY_US = 86_400 * 1_000_000
 
 
 def _uuid_text(n: int, rng: np.random.Generator) -> pa.Array:
@@ -89,6 +98,20 @@ def documents(n: int, *, seed: int) -> pa.Table:
     )
 
 
+def suite_rows(parquet: str | Path, rows: int, *, skip: int = 0) -> pa.Table:
+    """Rows ``skip`` to ``skip + rows`` of the suite's Parquet file (:mod:`benchmarks.data`),
+    ``created_at`` stamped a day ahead (rows are loaded before the runs that write them)."""
+    from benchmarks import data
+
+    table = data.load_table(Path(parquet), rows, skip=skip)
+    return data.stamp(table, data.now_us() + _DAY_US)
+
+
+def schema_name(role: str) -> str:
+    """A schema name of this call's own, so that two runs on one server never share one."""
+    return f"egregora_bench_{role}_{uuid.uuid4().hex[:10]}"
+
+
 def _raw() -> psycopg.Connection[Any]:
     return psycopg.connect(URL, autocommit=True)
 
@@ -96,6 +119,16 @@ def _raw() -> psycopg.Connection[Any]:
 def _reset(schema: str) -> None:
     with _raw() as con:
         con.execute(f"DROP SCHEMA IF EXISTS {ddl.ident(schema).sql('postgres')} CASCADE")
+
+
+@contextmanager
+def dropped_after(*schemas: str) -> Iterator[None]:
+    """Drop ``schemas`` (if they exist) when the block ends, whether it raised or not."""
+    try:
+        yield
+    finally:
+        for schema in schemas:
+            _reset(schema)
 
 
 def _adbc_table(rows: pa.Table) -> pa.Table:
@@ -140,39 +173,37 @@ class Baseline:
         with _raw() as con:
             con.execute(f"TRUNCATE {ddl.ident(self.schema).sql('postgres')}.documents")
 
-    def adbc_copy(self, table: pa.Table) -> float:
+    def adbc_copy(self, table: pa.Table) -> Window:
         import adbc_driver_postgresql.dbapi as adbc
 
         with adbc.connect(URL) as con, con.cursor() as cursor:
             cursor.execute(f"SET search_path = {ddl.ident(self.schema).sql('postgres')}")
-            started = time.perf_counter()
-            cursor.adbc_ingest("documents", table, mode="append")
-            con.commit()
-            return time.perf_counter() - started
+            with Window() as window:
+                cursor.adbc_ingest("documents", table, mode="append")
+                con.commit()
+            return window
 
-    def encoded_copy(self, stream: list[memoryview]) -> float:
+    def encoded_copy(self, stream: list[memoryview]) -> Window:
         columns = ", ".join(ddl.ident(c).sql("postgres") for c in DOCUMENTS_SCHEMA.column_names)
         with _raw() as con:
             con.execute(f"SET search_path = {ddl.ident(self.schema).sql('postgres')}")
-            started = time.perf_counter()
-            with con.transaction(), con.cursor() as cur, cur.copy(
+            with Window() as window, con.transaction(), con.cursor() as cur, cur.copy(
                 f"COPY documents ({columns}) FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.write(pgcopy.HEADER)
                 for piece in stream:
                     copy.write(piece)
                 copy.write(pgcopy.TRAILER)
-            return time.perf_counter() - started
+            return window
 
 
-def library_write(storage: PostgresStorageManager, rows: pa.Table) -> float:
+def library_write(storage: PostgresStorageManager, rows: pa.Table) -> Window:
     runs = RunStore(storage)
     run = runs.start_run("bench")
-    started = time.perf_counter()
-    storage.write("documents", rows, run_id=run.run_id)
-    elapsed = time.perf_counter() - started
+    with Window() as window:
+        storage.write("documents", rows, run_id=run.run_id)
     runs.end_run(run.run_id)
-    return elapsed
+    return window
 
 
 def _truncate_library(schema: str) -> None:
@@ -181,79 +212,114 @@ def _truncate_library(schema: str) -> None:
         con.execute(f"TRUNCATE {quoted}.annotations, {quoted}.documents")
 
 
-def compare_with_copy(rows: int, repeats: int) -> dict[str, Any]:
-    data = documents(rows, seed=1)
-    lib_schema, copy_schema = "egregora_bench_library", "egregora_bench_copy"
-    _reset(lib_schema)
-    baseline = Baseline(copy_schema)
-    conformed = conform(DOCUMENTS_SCHEMA, data, run_id=baseline.run_id)
-    adbc_rows = _adbc_table(conformed)
-    stream = [
-        pgcopy.encode(DOCUMENTS_SCHEMA.schema, conformed.slice(i, 100_000))
-        for i in range(0, rows, 100_000)
-    ]
-    timings: dict[str, list[float]] = {"library": [], "adbc_copy": [], "encoded_copy": []}
-    with PostgresStorageManager(URL, schema=lib_schema) as storage:
-        for _ in range(repeats):
-            _truncate_library(lib_schema)
-            timings["library"].append(library_write(storage, data))
-            baseline.truncate()
-            timings["adbc_copy"].append(baseline.adbc_copy(adbc_rows))
-            baseline.truncate()
-            timings["encoded_copy"].append(baseline.encoded_copy(stream))
-    _reset(lib_schema)
-    _reset(copy_schema)
+def compare_with_copy(
+    rows: int, repeats: int, *, table: pa.Table | None = None
+) -> dict[str, Any]:
+    """The library's write against the two COPYs, ``repeats`` times alternated, on ``table``
+    (the suite's rows) or on :func:`documents`; the schemas are dropped at the end."""
+    data = documents(rows, seed=1) if table is None else table.slice(0, rows)
+    if data.num_rows != rows:
+        raise ValueError(f"{rows} rows asked for, {data.num_rows} given")
+    lib_schema, copy_schema = schema_name("library"), schema_name("copy")
+    windows: dict[str, list[Window]] = {"library": [], "adbc_copy": [], "encoded_copy": []}
+    with dropped_after(lib_schema, copy_schema):
+        baseline = Baseline(copy_schema)
+        conformed = conform(DOCUMENTS_SCHEMA, data, run_id=baseline.run_id)
+        adbc_rows = _adbc_table(conformed)
+        stream = [
+            pgcopy.encode(DOCUMENTS_SCHEMA.schema, conformed.slice(i, 100_000))
+            for i in range(0, rows, 100_000)
+        ]
+        with PostgresStorageManager(URL, schema=lib_schema) as storage:
+            for _ in range(repeats):
+                _truncate_library(lib_schema)
+                windows["library"].append(library_write(storage, data))
+                baseline.truncate()
+                windows["adbc_copy"].append(baseline.adbc_copy(adbc_rows))
+                baseline.truncate()
+                windows["encoded_copy"].append(baseline.encoded_copy(stream))
+            stored = _count(lib_schema), _count(copy_schema)
+    if stored != (rows, rows):
+        raise RuntimeError(f"library and COPY tables hold {stored} rows, not {rows} each")
+    timings = {k: [w.seconds for w in v] for k, v in windows.items()}
     medians = {k: statistics.median(v) for k, v in timings.items()}
     return {
         "rows": rows,
         "repeats": repeats,
+        "schemas": [lib_schema, copy_schema],
         "seconds": timings,
         "median_seconds": medians,
         "rows_per_second": {k: rows / v for k, v in medians.items()},
+        "median_cpu_seconds": {k: statistics.median(w.cpu for w in v)
+                               for k, v in windows.items()},
+        "median_peak_rss_mb": {k: statistics.median(w.peak / 2**20 for w in v)
+                               for k, v in windows.items()},
+        "median_rss_growth_mb": {k: statistics.median((w.peak - w.rss_start) / 2**20 for w in v)
+                                 for k, v in windows.items()},
         "library_vs_adbc_copy": medians["library"] / medians["adbc_copy"],
         "library_vs_encoded_copy": medians["library"] / medians["encoded_copy"],
     }
 
 
-def _process_writer(schema: str, rows: int, seed: int, batch: int, start: Any) -> float:
-    data = documents(rows, seed=seed)
-    with PostgresStorageManager(URL, schema=schema) as storage:
+def _count(schema: str) -> int:
+    with _raw() as con:
+        found = con.execute(
+            f"SELECT count(*) FROM {ddl.ident(schema).sql('postgres')}.documents"
+        ).fetchone()
+    return int(found[0]) if found else 0
+
+
+def _process_writer(job: dict[str, Any], start: Any) -> dict[str, float]:
+    """Writer ``job["index"]``: its ``job["rows"]`` rows (the index-th share of the suite's
+    file when ``job["parquet"]`` is set, else generated), a run of its own, then its writes
+    of ``job["batch"]`` rows each, once every writer is ready (``start``, a barrier)."""
+    index, rows, batch = int(job["index"]), int(job["rows"]), int(job["batch"])
+    data = (documents(rows, seed=100 + index) if job["parquet"] is None
+            else suite_rows(job["parquet"], rows, skip=index * rows))
+    with PostgresStorageManager(URL, schema=job["schema"]) as storage:
         runs = RunStore(storage)
-        run = runs.start_run(f"writer-{seed}")
+        run = runs.start_run(f"writer-{index}")
         start.wait()
-        started = time.perf_counter()
-        for offset in range(0, rows, batch):
-            storage.write("documents", data.slice(offset, batch), run_id=run.run_id)
-        elapsed = time.perf_counter() - started
+        with Window() as window:
+            for offset in range(0, rows, batch):
+                storage.write("documents", data.slice(offset, batch), run_id=run.run_id)
         runs.end_run(run.run_id)
-    return elapsed
+    return {"seconds": window.seconds, "peak_rss_mb": window.peak / 2**20}
 
 
-def compare_processes(rows: int, processes: int, batch: int) -> dict[str, Any]:
-    schema = "egregora_bench_processes"
-    result: dict[str, Any] = {"rows": rows, "batch_rows": batch}
+def compare_processes(
+    rows: int, processes: int, batch: int, *, parquet: str | Path | None = None
+) -> dict[str, Any]:
+    """``rows`` written by one process, then split over ``processes`` writing at once, each
+    in ``batch``-row writes under a run of its own; the schema is dropped at the end."""
+    schema = schema_name("processes")
+    result: dict[str, Any] = {"rows": rows, "batch_rows": batch, "schemas": [schema]}
     context = multiprocessing.get_context("spawn")
-    for count in (1, processes):
-        _reset(schema)
-        PostgresStorageManager(URL, schema=schema).close()
-        manager = context.Manager()
-        start = manager.Barrier(count)
-        with context.Pool(count) as pool:
-            elapsed = pool.starmap(
-                _process_writer,
-                [(schema, rows // count, 100 + i, batch, start) for i in range(count)],
-            )
-        # From the common start (a barrier, after each process made its rows and opened the
-        # store) to the last process done.
-        wall = max(elapsed)
-        manager.shutdown()
-        with _raw() as con:
-            stored = con.execute(
-                f"SELECT count(*) FROM {ddl.ident(schema).sql('postgres')}.documents"
-            ).fetchone()
-        assert stored == ((rows // count) * count,), stored
-        result[f"{count}_process"] = {"wall_seconds": wall, "rows_per_second": rows / wall}
-    _reset(schema)
+    source = None if parquet is None else str(parquet)
+    with dropped_after(schema):
+        for count in (1, processes):
+            _reset(schema)
+            PostgresStorageManager(URL, schema=schema).close()
+            share = rows // count
+            with context.Manager() as manager, context.Pool(count) as pool:
+                start = manager.Barrier(count)
+                writers = pool.starmap(
+                    _process_writer,
+                    [({"schema": schema, "rows": share, "index": i, "batch": batch,
+                       "parquet": source}, start) for i in range(count)],
+                )
+            # From the common start (a barrier, after each process made its rows and opened
+            # the store) to the last process done.
+            wall = max(w["seconds"] for w in writers)
+            stored = _count(schema)
+            if stored != share * count:
+                raise RuntimeError(f"{count} writer(s) stored {stored} rows, not {share * count}")
+            result[f"{count}_process"] = {
+                "processes": count, "rows": stored, "rows_per_process": share,
+                "wall_seconds": wall, "rows_per_second": stored / wall,
+                "writer_seconds": [w["seconds"] for w in writers],
+                "max_writer_peak_rss_mb": max(w["peak_rss_mb"] for w in writers),
+            }
     result["speedup"] = (
         result[f"{processes}_process"]["rows_per_second"] / result["1_process"]["rows_per_second"]
     )

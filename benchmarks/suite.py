@@ -51,6 +51,8 @@ class Plan:
         validation_rows: Rows of the batch whose validation is timed.
         lineage: (rows, runs) of the store the lineage queries run on.
         rollback: (rows per run, pairs of runs) of the rollback workload.
+        postgres: Rows of the PostgreSQL workload: written by the library and by a binary
+            COPY (``reps`` alternated repetitions), then by one process and by four.
         isolation: ``"process"`` (a fresh process per job, for honest RSS) or ``"inline"``
             (jobs in this process; for the smoke size, where start-up would dominate).
         repeats: Warm repetitions of a query or validation inside one process.
@@ -70,6 +72,7 @@ class Plan:
     validation_rows: int
     lineage: tuple[int, int]
     rollback: tuple[int, int]
+    postgres: int
     isolation: str = "process"
     repeats: int = 5
     small_batch_reps: int = 1
@@ -85,7 +88,7 @@ class Plan:
         """Rows the data file must hold."""
         return max(
             *self.sizes, self.small_batches[0] * self.small_batches[1], self.validation_rows,
-            self.lineage[0], self.rollback[0] * self.rollback[1] * 2,
+            self.lineage[0], self.rollback[0] * self.rollback[1] * 2, self.postgres,
         )
 
     def reps_for(self, rows: int, contender: Contender) -> int:
@@ -104,18 +107,18 @@ class Plan:
 PRESETS: dict[str, Plan] = {
     "smoke": Plan(
         "smoke", sizes=(1_000,), reps=1, stream_from=10_000_000, small_batches=(5, 100),
-        validation_rows=1_000, lineage=(1_000, 2), rollback=(250, 1), isolation="inline",
-        repeats=1,
+        validation_rows=1_000, lineage=(1_000, 2), rollback=(250, 1), postgres=2_000,
+        isolation="inline", repeats=1,
     ),
     "default": Plan(
         "default", sizes=(10_000, 100_000, 1_000_000), reps=3, stream_from=10_000_000,
         small_batches=(1_000, 100), validation_rows=1_000_000, lineage=(1_000_000, 10),
-        rollback=(100_000, 2),
+        rollback=(100_000, 2), postgres=100_000,
     ),
     "full": Plan(
         "full", sizes=(10_000, 100_000, 1_000_000, 10_000_000), reps=3,
         stream_from=10_000_000, small_batches=(1_000, 100), validation_rows=1_000_000,
-        lineage=(10_000_000, 100), rollback=(100_000, 2),
+        lineage=(10_000_000, 100), rollback=(100_000, 2), postgres=1_000_000,
     ),
 }
 
@@ -218,8 +221,10 @@ def _cells(
     batch_rows: int, contenders: Sequence[Contender], label: str,
 ) -> list[dict[str, Any]]:
     """Every contender at one size, alternated over the repetitions."""
-    cells = {c.name: {"rows": rows, "mode": mode, "contender": c.name, "label": c.label,
-                      "runs": []} for c in contenders}
+    cells: dict[str, dict[str, Any]] = {
+        c.name: {"rows": rows, "mode": mode, "contender": c.name, "label": c.label, "runs": []}
+        for c in contenders
+    }
     active = []
     for c in contenders:
         reason = _skip_reason(plan, c, rows=rows, mode=mode)
@@ -382,7 +387,7 @@ def run_suite(plan: Plan, *, data_dir: Path, work_dir: Path | None = None) -> di
         "validation": lambda: run_validation(plan, run),
         "lineage": lambda: run_lineage(plan, run),
         "rollback": lambda: run_rollback(plan, run),
-        "postgres": run_postgres,
+        "postgres": lambda: run_postgres(plan, parquet),
     }
     try:
         for name, step in steps.items():
