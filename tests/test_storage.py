@@ -629,15 +629,15 @@ def test_a_writable_file_store_bounds_duckdb_memory(tmp_path: Path) -> None:
 
 
 def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) -> None:
-    # 48 MB: the indexes may take a quarter, 12 MB, before the limit grows: ~300k rows at
-    # 40 B while inserting, ~107k rows at 112 B for the COMMIT.
+    # 32 MB: the indexes may take half, 16 MB, before the limit grows: 400k rows at 40 B
+    # while inserting, ~222k rows at 72 B for the COMMIT.
     store = DuckDBStorageManager(
-        tmp_path / "s.duckdb", catalog=CATALOG.extend(NOTES), memory_limit="48MB",
-        chunk_rows=80_000,
+        tmp_path / "s.duckdb", catalog=CATALOG.extend(NOTES), memory_limit="32MB",
+        chunk_rows=60_000,
     )
     try:
         run = RunStore(store).start_run("large")
-        n = 400_000
+        n = 600_000
         notes = pa.table({
             "id": uuids(n, np.random.default_rng(32)),
             "body": pa.repeat(pa.scalar("a note", pa.string()), n),
@@ -647,24 +647,26 @@ def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) 
 
         def produce(table: pa.Table) -> pa.RecordBatchReader:
             def batches() -> Iterator[pa.RecordBatch]:
-                for batch in table.combine_chunks().to_batches(max_chunksize=80_000):
+                for batch in table.combine_chunks().to_batches(max_chunksize=60_000):
                     seen.append(_memory_limit(store))
                     yield batch
 
             return pa.RecordBatchReader.from_batches(table.schema, batches())
 
-        assert store.write("notes", produce(notes), run_id=run.run_id) == n
-        # 240k rows need 9.6 MB of index, 320k 12.8 MB: one 128 MiB step, from the 5th chunk.
-        assert seen == [*["45.7 MiB"] * 4, "173.6 MiB"]
-        assert _memory_limit(store) == "45.7 MiB"
-        # A failed write restores it too: 320k new rows, then 80k stored ones.
-        seen.clear()
-        fresh = notes.set_column(0, "id", uuids(n, np.random.default_rng(33)))
-        clash = pa.concat_tables([fresh.slice(0, 320_000), notes.slice(0, 80_000)])
-        with pytest.raises(DuplicateKeyError):
+        # A failed write restores it: 540k rows, then 60k repeating the first chunk's keys.
+        clash = pa.concat_tables([notes.slice(0, 540_000), notes.slice(0, 60_000)])
+        with pytest.raises(DuplicateKeyError, match="earlier in this call"):
             store.write("notes", produce(clash), run_id=run.run_id)
-        assert seen[-1] == "173.6 MiB"
-        assert _memory_limit(store) == "45.7 MiB"
+        assert seen[-1] == "64.0 MiB"
+        assert _memory_limit(store) == "30.5 MiB"
+        assert count(store, "notes") == 0
+
+        seen.clear()
+        assert store.write("notes", produce(notes), run_id=run.run_id) == n
+        # 360k rows need 14.4 MB of index, 420k 16.8 MB: 16.8 + 16 MB, rounded up to 64 MiB,
+        # seen from the 8th chunk on.
+        assert seen == [*["30.5 MiB"] * 7, *["64.0 MiB"] * 3]
+        assert _memory_limit(store) == "30.5 MiB"
         assert count(store, "notes") == n
     finally:
         store.close()

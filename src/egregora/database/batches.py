@@ -24,8 +24,9 @@ import pyarrow.compute as pc
 from egregora.database.errors import LineageError, ValidationError
 from egregora.database.model import RUN_ID, TableSchema, arrow_type
 
-#: Rows per chunk of a streamed write: bounds memory by the chunk, not by the stream.
-DEFAULT_CHUNK_ROWS = 100_000
+#: Rows per chunk of a streamed write: bounds memory by the chunk, not by the stream (50k
+#: documents: ~80 MB of Arrow).
+DEFAULT_CHUNK_ROWS = 50_000
 
 _FAILURE_SCHEMA = pa.schema(
     [("column", pa.string()), ("check", pa.string()), ("value", pa.string()), ("key", pa.string())]

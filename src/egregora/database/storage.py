@@ -78,11 +78,11 @@ DEFAULT_MEMORY_LIMIT = "512MB"
 
 #: DuckDB memory a write needs per row it inserts, whatever the cache: the transaction's own
 #: primary- and foreign-key indexes while inserting (~32 B per row of ``documents``), and at
-#: COMMIT their merge into the table's (~80 B more). Measured on 10M documents in one
-#: transaction: 320 MB of index before COMMIT, 0.8 GB more during it.
+#: COMMIT their merge into the table's. Measured on 10M keyed rows in one transaction: 320 MB
+#: of index before COMMIT; the COMMIT failed under a 450 MB limit and passed under 700 MB.
 _INSERT_BYTES_PER_ROW = 40
-_COMMIT_BYTES_PER_ROW = 112
-_LIMIT_STEP = 128 << 20
+_COMMIT_BYTES_PER_ROW = 72
+_LIMIT_STEP = 64 << 20
 _UNITS = {"bytes": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 _LOCK_PID = re.compile(r"PID (\d+)")
 
@@ -100,11 +100,10 @@ class DuckDBStorageManager(StorageManager):
             set while a writer holds it; ``None`` leaves DuckDB's own default (80% of RAM).
             A write's uncommitted rows are written to the file as they arrive and their
             blocks stay cached up to this limit, so without one a long streamed write grows
-            the process by ~0.65 GB per million documents. A write of more than about a
-            million rows raises it for its own duration by what its key indexes need
-            (~40 B per row, ~112 B at COMMIT), which no cache can give back. Not applied
-            to ``":memory:"`` stores (their data has nowhere else to go) nor to read-only
-            ones.
+            the process by ~0.65 GB per million documents. A write of millions of rows
+            raises it for its own duration to what its key indexes need (~40 B per row,
+            ~72 B at COMMIT), which no cache can give back. Not applied to ``":memory:"``
+            stores (their data has nowhere else to go) nor to read-only ones.
         heartbeat_timeout: A RUNNING run whose heartbeat is older than this when the store
             is opened is marked CRASHED (runs of dead local processes are marked at once).
 
@@ -217,19 +216,22 @@ class DuckDBStorageManager(StorageManager):
             self._base_limit = int(float(number) * _UNITS[unit])
             self._base_limit_text = limit
 
-    def _fit_memory_limit(self, bytes_per_row: int) -> None:
-        """Raise memory_limit, for this transaction, by what its key indexes need.
+    def _fit_memory_limit(self, bytes_per_row: int, *, at_commit: bool = False) -> None:
+        """Raise memory_limit, for this transaction, to what its key indexes need.
 
-        The first quarter of the limit is the indexes' to take (about a million rows for the
-        default); beyond that the limit grows in steps of 128 MB, so that a small write never
-        changes it. It is raised only as the rows come: what it gives, the cache may fill.
+        While inserting, the indexes may take half the limit before it grows (about 6M rows
+        for the default); beyond, it is what they need plus that half, for the cache. At
+        COMMIT the cache gives way to the indexes: what they need plus one step. The limit
+        moves in 64 MiB steps and only up, as the rows come: what it gives, the cache may
+        fill, until the COMMIT takes it.
         """
         if self._base_limit is None:
             return
-        need = bytes_per_row * self._transaction_rows - self._base_limit // 4
-        if need <= 0:
+        slack = _LIMIT_STEP if at_commit else self._base_limit // 2
+        need = bytes_per_row * self._transaction_rows + slack
+        if need <= self._base_limit:
             return
-        wanted = self._base_limit + -(-need // _LIMIT_STEP) * _LIMIT_STEP
+        wanted = -(-need // _LIMIT_STEP) * _LIMIT_STEP
         if wanted > (self._raised_limit or self._base_limit):
             self._con.execute(f"SET memory_limit = '{wanted}B'")
             self._raised_limit = wanted
@@ -291,7 +293,7 @@ class DuckDBStorageManager(StorageManager):
 
     def _commit(self) -> None:
         try:
-            self._fit_memory_limit(_COMMIT_BYTES_PER_ROW)
+            self._fit_memory_limit(_COMMIT_BYTES_PER_ROW, at_commit=True)
             self._con.commit()
         finally:
             self._restore_memory_limit()
