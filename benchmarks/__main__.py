@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.contenders import CONTENDER_NAMES
-from benchmarks.suite import PRESETS, WORKLOADS, log, run_suite
+from benchmarks.suite import PRESETS, WORKLOADS, log, relate_to_library, run_suite
 
 
 def _default_data_dir() -> Path:
@@ -61,6 +61,8 @@ def merge(old: dict[str, Any], new: dict[str, Any], workloads: tuple[str, ...]) 
             fresh = {(c["rows"], c["contender"]) for c in new[name]}
             kept = [c for c in old[name] if (c["rows"], c["contender"]) not in fresh]
             merged[name] = sorted(kept + new[name], key=lambda c: c["rows"])
+            if name == "write":
+                relate_to_library(merged[name])
         else:
             merged[name] = new[name]
     meta = dict(old.get("meta", {}))

@@ -256,19 +256,30 @@ def _cells(
             cell.update(status="failed", reason=reason)
             continue
         cell.update(status="ok", reps=len(ok), median=summarise(rows, ok))
-    library = cells.get(LIBRARY, {})
-    for cell in cells.values():
-        if cell["status"] == "ok" and library.get("status") == "ok":
-            for key, name in (("seconds", "time"), ("cpu_seconds", "cpu")):
-                mine, theirs = cell["median"][key], library["median"][key]
-                cell[f"{name}_ratio_to_library"] = mine / theirs if theirs else None
-                paired = [r[key] / lib[key]
-                          for r, lib in zip(cell["runs"], library["runs"], strict=False)
-                          if r["status"] == "ok" and lib["status"] == "ok" and lib[key]]
-                cell[f"paired_{name}_ratio_to_library"] = (
-                    statistics.median(paired) if paired else None
-                )
+    relate_to_library(list(cells.values()))
     return list(cells.values())
+
+
+def relate_to_library(cells: list[dict[str, Any]]) -> None:
+    """Set each ok cell's time and CPU ratios to the library's cell of the same size (and
+    drop stale ones: results merged from two runs are related again)."""
+    libraries = {c["rows"]: c for c in cells if c["contender"] == LIBRARY}
+    for cell in cells:
+        library = libraries.get(cell["rows"], {})
+        for name in ("time", "cpu"):
+            cell.pop(f"{name}_ratio_to_library", None)
+            cell.pop(f"paired_{name}_ratio_to_library", None)
+        if cell.get("status") != "ok" or library.get("status") != "ok":
+            continue
+        for key, name in (("seconds", "time"), ("cpu_seconds", "cpu")):
+            mine, theirs = cell["median"][key], library["median"][key]
+            cell[f"{name}_ratio_to_library"] = mine / theirs if theirs else None
+            paired = [r[key] / lib[key]
+                      for r, lib in zip(cell["runs"], library["runs"], strict=False)
+                      if r["status"] == "ok" and lib["status"] == "ok" and lib[key]]
+            cell[f"paired_{name}_ratio_to_library"] = (
+                statistics.median(paired) if paired else None
+            )
 
 
 def run_write(plan: Plan, run: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
