@@ -344,6 +344,14 @@ def test_catalog_unknown_table_raises_table_not_found() -> None:
         assert name in message
 
 
+@pytest.mark.parametrize("name", ["egregora_incoming_batch", "Egregora_layout", "egregora_x"])
+def test_catalog_refuses_the_librarys_own_names(name: str) -> None:
+    table = TableSchema(name, {"id": "!uuid"}, primary_key=("id",))
+    with pytest.raises(SchemaDefinitionError, match="the library's own") as info:
+        Catalog((table,))
+    assert info.value.table == name
+
+
 def test_catalog_foreign_key_to_undeclared_table() -> None:
     child = widgets(
         schema={"widget_id": "!uuid", "owner_ref": "int64"},

@@ -628,6 +628,41 @@ def test_a_writable_file_store_bounds_duckdb_memory(tmp_path: Path) -> None:
         assert _memory_limit(store) == default[0]
 
 
+def test_managers_of_one_file_share_its_memory_limit(tmp_path: Path) -> None:
+    # One file in one process is one DuckDB database with one memory_limit: the first
+    # manager sets it, and a write of one manager that needs more does not lose it to the
+    # others opening, writing or closing.
+    path = tmp_path / "shared.duckdb"
+    first = DuckDBStorageManager(path, memory_limit="2GB")
+    try:
+        second = DuckDBStorageManager(path)  # would set 512MB on a file of its own
+        third = DuckDBStorageManager(path, memory_limit=None)
+        assert _memory_limit(first) == _memory_limit(second) == "1.8 GiB"
+        first._memory.ask(3 << 30)
+        assert _memory_limit(first) == "3.0 GiB"
+        run = RunStore(second).start_run("w")
+        second.write("documents", make_documents(10, seed=40), run_id=run.run_id)
+        third.close()
+        second.close()
+        assert _memory_limit(first) == "3.0 GiB"
+        first._memory.release()
+        assert _memory_limit(first) == "1.8 GiB"
+    finally:
+        first.close()
+    with DuckDBStorageManager(path) as alone:  # the file is nobody's: the default again
+        assert _memory_limit(alone) == "488.2 MiB"
+
+
+def test_a_raised_memory_limit_stops_at_duckdbs_own_default(tmp_path: Path) -> None:
+    default = duckdb.connect().execute("SELECT current_setting('memory_limit')").fetchone()
+    assert default is not None
+    with DuckDBStorageManager(tmp_path / "s.duckdb") as store:
+        store._memory.ask(1 << 50)  # a petabyte
+        assert _memory_limit(store) == default[0]
+        store._memory.release()
+        assert _memory_limit(store) == "488.2 MiB"
+
+
 def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) -> None:
     # 32 MB: the indexes may take half, 16 MB, before the limit grows: 400k rows at 40 B
     # while inserting, ~222k rows at 72 B for the COMMIT.
@@ -694,6 +729,19 @@ def test_a_full_disk_is_a_disk_full_error(cause: str) -> None:
     assert (err.table, err.run_id) == ("documents", "r1")
     assert cause in str(err)
     assert "Nothing of this call was written" in str(err)
+    assert "write again" in str(err)
+
+
+def test_a_full_disk_that_invalidated_the_database_says_to_reopen_it() -> None:
+    exc = duckdb.FatalException("could not write WAL: No space left on device")
+    err = translate_duckdb_error(exc, table="documents", run_id=None)
+    assert type(err) is DiskFullError
+    assert "close the store, free space and open it again" in str(err)
+
+
+def test_text_about_large_files_in_other_errors_is_no_full_disk() -> None:
+    exc = duckdb.InvalidInputException("value 'File too large' is not a valid status")
+    assert type(translate_duckdb_error(exc, table="documents", run_id=None)) is StorageError
 
 
 def test_a_memory_limit_duckdb_cannot_read_is_refused_and_the_file_released(
@@ -704,6 +752,31 @@ def test_a_memory_limit_duckdb_cannot_read_is_refused_and_the_file_released(
         DuckDBStorageManager(path, memory_limit="lots")
     with DuckDBStorageManager(path) as store:  # nothing holds the file
         assert not store.verify()
+
+
+def test_a_store_holding_the_batchs_name_is_refused_and_kept(tmp_path: Path) -> None:
+    # The insert reads its batch by that name; a relation of the store would be read instead.
+    path = tmp_path / "store.duckdb"
+    with DuckDBStorageManager(path) as store:
+        store._con.execute("CREATE VIEW egregora_incoming_batch AS SELECT * FROM documents")
+    with pytest.raises(SchemaMismatchError, match="egregora_incoming_batch"):
+        DuckDBStorageManager(path)
+    with duckdb.connect(str(path)) as con:  # nothing was changed, the file is free
+        assert con.execute("SELECT count(*) FROM egregora_incoming_batch").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("kind", [k for k in STORE_KINDS if k.name != "postgres"],
+                         ids=lambda k: k.name)
+def test_a_relation_named_like_the_batch_made_later_fails_the_write(
+    kind: StoreKind, tmp_path: Path
+) -> None:
+    # (A DuckDB store's insert reads its batch by name; PostgreSQL stages it in a table.)
+    with kind.open(tmp_path) as store:
+        run = RunStore(store).start_run("w")
+        store._con.execute("CREATE TABLE egregora_incoming_batch AS SELECT * FROM documents")
+        with pytest.raises(StorageError, match="wrote 0: the store holds a relation named"):
+            store.write("documents", make_documents(3, seed=41), run_id=run.run_id)
+        assert count(store, "documents") == 0
 
 
 def test_a_file_that_is_not_a_database_is_refused_and_kept(tmp_path: Path) -> None:

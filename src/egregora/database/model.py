@@ -446,6 +446,10 @@ class TableSchema:
         )
 
 
+#: Names of the library's own relations start with this: no declared table may.
+RESERVED_PREFIX = "egregora_"
+
+
 @dataclass(frozen=True, init=False)
 class Catalog:
     """A set of tables whose foreign keys all resolve inside the set.
@@ -467,6 +471,13 @@ class Catalog:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise SchemaDefinitionError(f"tables declared twice: {dupes}", table=dupes[0])
+        reserved = [n for n in names if n.lower().startswith(RESERVED_PREFIX)]
+        if reserved:
+            raise SchemaDefinitionError(
+                f"`{reserved[0]}`: table names starting with {RESERVED_PREFIX!r} are the "
+                "library's own (its layout table, the batch being written)",
+                table=reserved[0],
+            )
         by_name = {t.name: t for t in self.tables}
         for table in self.tables:
             for fk in table.foreign_keys:

@@ -2,8 +2,8 @@
 
 The write path, migration, reads and ``verify`` are shared by every backend and live in
 :class:`~egregora.database.backend.StorageManager`; this module gives them DuckDB's part:
-its connection (one writing process per file), the insert of a chunk from a registered Arrow
-batch in one statement, and the translation and diagnosis of DuckDB's errors.
+its connection (one writing process per file), the insert of a chunk of Arrow rows in one
+statement, and the translation and diagnosis of DuckDB's errors.
 
 Facts that shape this module (DESIGN §3, measured on duckdb 1.5.6):
 
@@ -45,9 +45,11 @@ from egregora.database.backend import StorageManager, package_version
 from egregora.database.batches import DEFAULT_CHUNK_ROWS
 from egregora.database.errors import (
     ConnectionFailedError,
+    SchemaMismatchError,
     StorageError,
     StoreLockedError,
 )
+from egregora.database.memory import MemoryBudget
 from egregora.database.migrations import (
     LAYOUT_TABLE,
     ReflectedForeignKey,
@@ -83,7 +85,6 @@ DEFAULT_MEMORY_LIMIT = "512MB"
 _INSERT_BYTES_PER_ROW = 40
 _COMMIT_BYTES_PER_ROW = 72
 _LIMIT_STEP = 64 << 20
-_UNITS = {"bytes": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 _LOCK_PID = re.compile(r"PID (\d+)")
 
 
@@ -97,7 +98,9 @@ class DuckDBStorageManager(StorageManager):
         catalog: The declared tables (egregora's by default; extend it with your own).
         chunk_rows: Rows per insert of a streamed write; bounds memory of a stream.
         memory_limit: DuckDB's buffer memory for this database file (``"512MB"``, ``"4GB"``),
-            set while a writer holds it; ``None`` leaves DuckDB's own default (80% of RAM).
+            set while a writer holds it; ``None`` leaves it as it is (DuckDB's default: 80% of
+            RAM). Managers of one file in one process share DuckDB's database and so its
+            limit: the first to open the file sets it.
             A write's uncommitted rows are written to the file as they arrive and their
             blocks stay cached up to this limit, so without one a long streamed write grows
             the process by ~0.65 GB per million documents. A write of millions of rows
@@ -141,17 +144,19 @@ class DuckDBStorageManager(StorageManager):
         )
         self.path = str(path)
         self._cursors: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._base_limit: int | None = None  # bytes, when the library set memory_limit
-        self._base_limit_text = ""
-        self._raised_limit: int | None = None
         self._transaction_rows = 0
         if read_only and self.path == ":memory:":
             raise ConnectionFailedError("an in-memory store cannot be opened read-only")
         if read_only and not Path(self.path).exists():
             raise ConnectionFailedError(f"no store at {self.path} to open read-only")
         self._con = self._connect(lock_timeout)
-        if memory_limit is not None and not read_only and self.path != ":memory:":
-            self._set_memory_limit(memory_limit)
+        self._refuse_reserved_names()
+        managed = memory_limit is not None and not read_only and self.path != ":memory:"
+        try:
+            self._memory = MemoryBudget(self._con, self.path, memory_limit if managed else None)
+        except ValueError:
+            self._con.close()
+            raise
         self._ibis = ibis.duckdb.from_connection(self._con)
         # Ibis turns replacement scans off; the insert reads its chunk through one (see the
         # module's notes). Only the frame that calls execute is searched, and the library's
@@ -201,53 +206,38 @@ class DuckDBStorageManager(StorageManager):
             except duckdb.Error as exc:
                 raise ConnectionFailedError(f"cannot open {self.path}: {exc}") from exc
 
-    def _set_memory_limit(self, limit: str) -> None:
-        try:
-            self._con.execute(f"SET memory_limit = {ddl.literal(limit).sql('duckdb')}")
-        except duckdb.Error as exc:
+    def _refuse_reserved_names(self) -> None:
+        """Refuse a store holding a relation the insert's replacement scan would read instead
+        of the batch being written."""
+        found = self._con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE lower(table_name) = ? "
+            "UNION ALL SELECT view_name FROM duckdb_views() WHERE lower(view_name) = ?",
+            [_BATCH_VIEW, _BATCH_VIEW],
+        ).fetchall()
+        if found:
             self._con.close()
-            raise ValueError(
-                f"memory_limit={limit!r} is not a DuckDB memory size such as '512MB' or "
-                f"'4GB': {str(exc).splitlines()[0]}"
-            ) from exc
-        found = self._con.execute("SELECT current_setting('memory_limit')").fetchone()
-        number, _, unit = str(found[0] if found else "").partition(" ")
-        with contextlib.suppress(ValueError, KeyError):
-            self._base_limit = int(float(number) * _UNITS[unit])
-            self._base_limit_text = limit
+            raise SchemaMismatchError(
+                [f"a table or view named {found[0][0]}: the library's name for the batch it "
+                 "writes, which this relation would hide; drop or rename it"],
+                table=str(found[0][0]),
+            )
 
     def _fit_memory_limit(self, bytes_per_row: int, *, at_commit: bool = False) -> None:
-        """Raise memory_limit, for this transaction, to what its key indexes need.
+        """Ask for the memory_limit this transaction's key indexes need.
 
-        While inserting, the indexes may take half the limit before it grows (about 6M rows
-        for the default); beyond, it is what they need plus that half, for the cache. At
-        COMMIT the cache gives way to the indexes: what they need plus one step. The limit
-        moves in 64 MiB steps and only up, as the rows come: what it gives, the cache may
-        fill, until the COMMIT takes it.
+        While inserting, the indexes may take half the base limit before it grows (about 6M
+        rows for the default); beyond, the ask is what they need plus that half, for the
+        cache. At COMMIT the cache gives way to the indexes: what they need plus one step.
+        Asks are in 64 MiB steps and only grow, as the rows come: what the limit gives, the
+        cache may fill, until the COMMIT takes it.
         """
-        if self._base_limit is None:
+        base = self._memory.base
+        if base is None:
             return
-        slack = _LIMIT_STEP if at_commit else self._base_limit // 2
+        slack = _LIMIT_STEP if at_commit else base // 2
         need = bytes_per_row * self._transaction_rows + slack
-        if need <= self._base_limit:
-            return
-        wanted = -(-need // _LIMIT_STEP) * _LIMIT_STEP
-        if wanted > (self._raised_limit or self._base_limit):
-            self._con.execute(f"SET memory_limit = '{wanted}B'")
-            self._raised_limit = wanted
-
-    def _restore_memory_limit(self) -> None:
-        """Lower memory_limit back after a write that raised it.
-
-        DuckDB refuses to lower it below what it cannot evict yet (right after a large
-        ROLLBACK, say); it is then left raised and lowered at the next write's end.
-        """
-        if self._raised_limit is None:
-            return
-        base = ddl.literal(self._base_limit_text).sql("duckdb")
-        with contextlib.suppress(duckdb.OutOfMemoryException):
-            self._con.execute(f"SET memory_limit = {base}")
-            self._raised_limit = None
+        if need > base:
+            self._memory.ask(-(-need // _LIMIT_STEP) * _LIMIT_STEP)
 
     def _reflect(self) -> dict[str, ReflectedTable]:
         names = [t.name for t in (LAYOUT_TABLE, *self.catalog.tables)]
@@ -296,7 +286,7 @@ class DuckDBStorageManager(StorageManager):
             self._fit_memory_limit(_COMMIT_BYTES_PER_ROW, at_commit=True)
             self._con.commit()
         finally:
-            self._restore_memory_limit()
+            self._memory.release()
 
     def _translate(
         self, exc: BaseException, *, table: str | None, run_id: str | None
@@ -316,7 +306,7 @@ class DuckDBStorageManager(StorageManager):
             if "no transaction is active" not in str(exc):
                 raise
         finally:
-            self._restore_memory_limit()
+            self._memory.release()
 
     def _execute(self, statement: exp.Expression | str, params: Sequence[Any] = ()) -> pa.Table:
         """Run one statement on the write connection and return its result as Arrow."""
@@ -373,7 +363,17 @@ class DuckDBStorageManager(StorageManager):
             ),
         )
         found = self._fetch_with_batch(insert, batch)
-        return int(found.column(0)[0].as_py()) if found.num_rows else 0
+        written = int(found.column(0)[0].as_py()) if found.num_rows else 0
+        if on_conflict == "error" and written != batch.num_rows:
+            # Every row is inserted or the statement fails: anything else means the insert
+            # read another relation than the batch (one named like it, in the store).
+            raise StorageError(
+                f"inserting {batch.num_rows} rows into `{schema.name}` wrote {written}: the "
+                f"store holds a relation named {_BATCH_VIEW}, the library's name for the "
+                "batch being written; drop or rename it",
+                table=schema.name, run_id=run_id,
+            )
+        return written
 
     def _diagnose(
         self, exc: BaseException, schema: TableSchema, chunk: pa.Table | None, *, run_id: str | None
@@ -410,6 +410,7 @@ class DuckDBStorageManager(StorageManager):
         return backend
 
     def _close_connections(self) -> None:
+        self._memory.close()
         with contextlib.suppress(duckdb.Error):
             self._check_con.close()
         for cursor in list(self._cursors):

@@ -66,11 +66,18 @@ def translate_duckdb_error(
         )
     if isinstance(exc, duckdb.ConversionException):
         return ValidationError(f"a value could not be converted: {text}", table=table or "?")
-    if any(cause in text.lower() for cause in _DISK_FULL):
+    io_failure = isinstance(
+        exc, (duckdb.IOException, duckdb.TransactionException, duckdb.FatalException)
+    )
+    if io_failure and any(cause in text.lower() for cause in _DISK_FULL):
+        then = (
+            "DuckDB has invalidated the database: close the store, free space and open it again"
+            if isinstance(exc, duckdb.FatalException)
+            else "free space and write again"
+        )
         return DiskFullError(
             f"the disk refused a write{f' to `{table}`' if table else ''}: {text}. Nothing of "
-            "this call was written and what was committed before it is intact; free space "
-            "and write again",
+            f"this call was written and what was committed before it is intact; {then}",
             table=table,
             run_id=run_id,
         )
