@@ -664,8 +664,8 @@ def test_a_raised_memory_limit_stops_at_duckdbs_own_default(tmp_path: Path) -> N
 
 
 def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) -> None:
-    # 32 MB: the indexes may take half, 16 MB, before the limit grows: 400k rows at 40 B
-    # while inserting, ~222k rows at 72 B for the COMMIT.
+    # 32 MB: the indexes (40 B a row while inserting, 72 B at COMMIT) and the chunk being
+    # inserted may take half, 16 MB, before the limit grows.
     store = DuckDBStorageManager(
         tmp_path / "s.duckdb", catalog=CATALOG.extend(NOTES), memory_limit="32MB",
         chunk_rows=60_000,
@@ -698,9 +698,10 @@ def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) 
 
         seen.clear()
         assert store.write("notes", produce(notes), run_id=run.run_id) == n
-        # 360k rows need 14.4 MB of index, 420k 16.8 MB: 16.8 + 16 MB, rounded up to 64 MiB,
-        # seen from the 8th chunk on.
-        assert seen == [*["30.5 MiB"] * 7, *["64.0 MiB"] * 3]
+        # Each insert asks for its rows' index (40 B a row), half the base for the cache and
+        # the chunk's own Arrow bytes (~4 MB): 240k rows ask 9.6 + 16 + 4 MB, under the
+        # base; 300k rows 12 + 16 + 4 MB, over: 64 MiB from the 6th chunk on.
+        assert seen == [*["30.5 MiB"] * 5, *["64.0 MiB"] * 5]
         assert _memory_limit(store) == "30.5 MiB"
         assert count(store, "notes") == n
     finally:

@@ -441,6 +441,30 @@ def test_polars_and_pandas_nulls_and_timestamps(store: DuckDBStorageManager, run
     assert all(r["summary"] is None for r in got.to_pylist() if r["id"] in ids)
 
 
+def test_a_table_handed_whole_is_one_insert_on_duckdb(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # chunk_rows bounds what a stream holds; a table is already held, and DuckDB inserts it
+    # faster in one statement. PostgreSQL chunks it to overlap COPY with the next checks.
+    store = open_store(chunk_rows=1000)
+    run = RunStore(store).start_run("whole")
+    loads: list[int] = []
+    load = store._load_chunk
+
+    def counted(schema: TableSchema, batch: pa.Table, **kwargs: Any) -> int:
+        loads.append(batch.num_rows)
+        return load(schema, batch, **kwargs)
+
+    monkeypatch.setattr(store, "_load_chunk", counted)
+    docs = make_documents(2500, seed=12)
+    assert store.write("documents", docs, run_id=run.run_id) == 2500
+    assert loads == ([2500] if store.whole_tables else [1000, 1000, 500])
+    loads.clear()
+    more = make_documents(2500, seed=13)
+    assert store.write("documents", more.to_reader(max_chunksize=700), run_id=run.run_id) == 2500
+    assert loads == [1000, 1000, 500]
+
+
 def test_a_stream_holds_one_chunk_at_a_time_not_the_stream(open_store: OpenStore) -> None:
     # Arrow memory in use while a 30-chunk stream is written: DuckDB once kept every chunk
     # it had inserted referenced until COMMIT, which grew with the stream.

@@ -96,7 +96,9 @@ class DuckDBStorageManager(StorageManager):
         read_only: Open for readers (notebooks): no migration, every write refused.
         lock_timeout: Seconds to keep retrying while another process holds the file.
         catalog: The declared tables (egregora's by default; extend it with your own).
-        chunk_rows: Rows per insert of a streamed write; bounds memory of a stream.
+        chunk_rows: Rows per insert of a streamed write (a ``RecordBatchReader`` or an Arrow
+            C stream); bounds memory of a stream. A table or batch handed whole is inserted
+            in one statement.
         memory_limit: DuckDB's buffer memory for this database file (``"512MB"``, ``"4GB"``),
             set while a writer holds it; ``None`` leaves it as it is (DuckDB's default: 80% of
             RAM). Managers of one file in one process share DuckDB's database and so its
@@ -124,6 +126,7 @@ class DuckDBStorageManager(StorageManager):
 
     dialect = "duckdb"
     driver_errors: ClassVar[tuple[type[BaseException], ...]] = (duckdb.Error,)
+    whole_tables: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -222,20 +225,24 @@ class DuckDBStorageManager(StorageManager):
                 table=str(found[0][0]),
             )
 
-    def _fit_memory_limit(self, bytes_per_row: int, *, at_commit: bool = False) -> None:
-        """Ask for the memory_limit this transaction's key indexes need.
+    def _fit_memory_limit(
+        self, bytes_per_row: int, *, at_commit: bool = False, chunk_bytes: int = 0
+    ) -> None:
+        """Ask for the memory_limit this transaction needs.
 
         While inserting, the indexes may take half the base limit before it grows (about 6M
         rows for the default); beyond, the ask is what they need plus that half, for the
-        cache. At COMMIT the cache gives way to the indexes: what they need plus one step.
-        Asks are in 64 MiB steps and only grow, as the rows come: what the limit gives, the
-        cache may fill, until the COMMIT takes it.
+        cache, plus the Arrow size of the chunk being inserted: a caller who hands 1.6 GB of
+        rows at once has that memory, and DuckDB inserts them ~20% faster when it may cache
+        as much (a 50k-row chunk of a stream asks for nothing). At COMMIT the cache gives way
+        to the indexes: what they need plus one step. Asks are in 64 MiB steps and only grow;
+        what the limit gives, the cache may fill, until the COMMIT takes it.
         """
         base = self._memory.base
         if base is None:
             return
         slack = _LIMIT_STEP if at_commit else base // 2
-        need = bytes_per_row * self._transaction_rows + slack
+        need = bytes_per_row * self._transaction_rows + slack + chunk_bytes
         if need > base:
             self._memory.ask(-(-need // _LIMIT_STEP) * _LIMIT_STEP)
 
@@ -355,7 +362,7 @@ class DuckDBStorageManager(StorageManager):
                 run_id=run_id,
             )
         self._transaction_rows += batch.num_rows
-        self._fit_memory_limit(_INSERT_BYTES_PER_ROW)
+        self._fit_memory_limit(_INSERT_BYTES_PER_ROW, chunk_bytes=batch.nbytes)
         insert = self._sql(
             ("insert", schema, on_conflict, tuple(present)),
             lambda: statements.insert_from(
