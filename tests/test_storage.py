@@ -653,6 +653,32 @@ def test_managers_of_one_file_share_its_memory_limit(tmp_path: Path) -> None:
         assert _memory_limit(alone) == "488.2 MiB"
 
 
+def test_a_table_handed_whole_asks_for_its_own_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DuckDBStorageManager(tmp_path / "s.duckdb", memory_limit="64MB", chunk_rows=1000) as store:
+        sizes: list[int] = []
+        fit = store._fit_memory_limit
+
+        def recorded(bytes_per_row: int, *, at_commit: bool = False, chunk_bytes: int = 0) -> None:
+            if not at_commit:
+                sizes.append(chunk_bytes)
+            fit(bytes_per_row, at_commit=at_commit, chunk_bytes=chunk_bytes)
+
+        run = RunStore(store).start_run("whole")
+        monkeypatch.setattr(store, "_fit_memory_limit", recorded)
+        docs = make_documents(60_000, seed=42)  # one insert of ~40 MB
+        store.write("documents", docs, run_id=run.run_id)
+        assert len(sizes) == 1
+        assert sizes[0] >= docs.nbytes  # the conformed batch: the rows and their run_id
+        assert docs.nbytes > 32_000_000  # with half the base, over it: the limit was raised
+        assert _memory_limit(store) == "61.0 MiB"  # and given back
+        sizes.clear()
+        stream = make_documents(5_000, seed=43).to_reader(max_chunksize=1000)
+        store.write("documents", stream, run_id=run.run_id)
+        assert sizes == [0] * 5  # a stream's chunks bring no memory of their own
+
+
 def test_a_raised_memory_limit_stops_at_duckdbs_own_default(tmp_path: Path) -> None:
     default = duckdb.connect().execute("SELECT current_setting('memory_limit')").fetchone()
     assert default is not None
@@ -664,8 +690,8 @@ def test_a_raised_memory_limit_stops_at_duckdbs_own_default(tmp_path: Path) -> N
 
 
 def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) -> None:
-    # 32 MB: the indexes (40 B a row while inserting, 72 B at COMMIT) and the chunk being
-    # inserted may take half, 16 MB, before the limit grows.
+    # 32 MB: the indexes (40 B a row while inserting, 72 B at COMMIT) may take half, 16 MB,
+    # before the limit grows.
     store = DuckDBStorageManager(
         tmp_path / "s.duckdb", catalog=CATALOG.extend(NOTES), memory_limit="32MB",
         chunk_rows=60_000,
@@ -698,10 +724,10 @@ def test_a_large_write_raises_the_memory_limit_for_its_duration(tmp_path: Path) 
 
         seen.clear()
         assert store.write("notes", produce(notes), run_id=run.run_id) == n
-        # Each insert asks for its rows' index (40 B a row), half the base for the cache and
-        # the chunk's own Arrow bytes (~4 MB): 240k rows ask 9.6 + 16 + 4 MB, under the
-        # base; 300k rows 12 + 16 + 4 MB, over: 64 MiB from the 6th chunk on.
-        assert seen == [*["30.5 MiB"] * 5, *["64.0 MiB"] * 5]
+        # Each insert of a stream asks for its rows' index (40 B a row) and half the base for
+        # the cache: 360k rows ask 14.4 + 16 MB, under the base; 420k rows 16.8 + 16 MB,
+        # over: 64 MiB from the 8th chunk on.
+        assert seen == [*["30.5 MiB"] * 7, *["64.0 MiB"] * 3]
         assert _memory_limit(store) == "30.5 MiB"
         assert count(store, "notes") == n
     finally:

@@ -232,9 +232,9 @@ class DuckDBStorageManager(StorageManager):
 
         While inserting, the indexes may take half the base limit before it grows (about 6M
         rows for the default); beyond, the ask is what they need plus that half, for the
-        cache, plus the Arrow size of the chunk being inserted: a caller who hands 1.6 GB of
-        rows at once has that memory, and DuckDB inserts them ~20% faster when it may cache
-        as much (a 50k-row chunk of a stream asks for nothing). At COMMIT the cache gives way
+        cache, plus the Arrow size of a table handed whole: a caller who hands 1.6 GB of rows
+        at once has that memory, and DuckDB inserts them ~20% faster when it may cache as
+        much. At COMMIT the cache gives way
         to the indexes: what they need plus one step. Asks are in 64 MiB steps and only grow;
         what the limit gives, the cache may fill, until the COMMIT takes it.
         """
@@ -362,7 +362,10 @@ class DuckDBStorageManager(StorageManager):
                 run_id=run_id,
             )
         self._transaction_rows += batch.num_rows
-        self._fit_memory_limit(_INSERT_BYTES_PER_ROW, chunk_bytes=batch.nbytes)
+        # A table handed whole brings its memory; a stream's chunks ask for none (a stream
+        # must stay bounded: 10M documents peaked at 1.99 GB when its chunks asked too).
+        whole = batch.num_rows > self.chunk_rows
+        self._fit_memory_limit(_INSERT_BYTES_PER_ROW, chunk_bytes=batch.nbytes if whole else 0)
         insert = self._sql(
             ("insert", schema, on_conflict, tuple(present)),
             lambda: statements.insert_from(
