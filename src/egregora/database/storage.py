@@ -362,8 +362,8 @@ class DuckDBStorageManager(StorageManager):
                 run_id=run_id,
             )
         self._transaction_rows += batch.num_rows
-        # A table handed whole brings its memory; a stream's chunks ask for none (a stream
-        # must stay bounded: 10M documents peaked at 1.99 GB when its chunks asked too).
+        # A table handed whole brings its memory; a stream's chunks ask for none: a stream
+        # is bounded by its chunk, not by what its chunks add up to.
         whole = batch.num_rows > self.chunk_rows
         self._fit_memory_limit(_INSERT_BYTES_PER_ROW, chunk_bytes=batch.nbytes if whole else 0)
         insert = self._sql(
