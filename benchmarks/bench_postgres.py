@@ -38,9 +38,10 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from benchmarks import data
 from benchmarks.measure import Window
 from egregora.database import ddl, pgcopy
-from egregora.database.batches import conform, uuid_bytes_to_text
+from egregora.database.batches import conform
 from egregora.database.model import utc_now
 from egregora.database.postgres import PostgresStorageManager
 from egregora.database.run_store import RunStore
@@ -58,16 +59,6 @@ DOC_TYPES = ("post", "profile", "journal", "media", "enrichment")
 _DAY_US = 86_400 * 1_000_000
 
 
-def _uuid_text(n: int, rng: np.random.Generator) -> pa.Array:
-    """``n`` random version-4 UUIDs as canonical text, vectorised."""
-    raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
-    return uuid_bytes_to_text(
-        pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [None, pa.py_buffer(raw.tobytes())])
-    )
-
-
 def documents(n: int, *, seed: int) -> pa.Table:
     """``n`` valid egregora-like documents, every type's required columns filled."""
     rng = np.random.default_rng(seed)
@@ -81,14 +72,14 @@ def documents(n: int, *, seed: int) -> pa.Table:
     tags = pa.array(['["chat","weekend"]'] * n)
     return pa.table(
         {
-            "id": _uuid_text(n, rng),
+            "id": data.uuids(n, rng),
             "doc_type": pa.array(np.array(DOC_TYPES)[np.arange(n) % len(DOC_TYPES)]),
             "content": content,
             "created_at": at,
             "title": pa.array([f"title {i}" for i in range(n)]),
             "slug": pa.array([f"slug-{i}" for i in range(n)]),
             "status": pa.array(["published"] * n),
-            "subject_uuid": _uuid_text(n, rng),
+            "subject_uuid": data.uuids(n, rng),
             "filename": pa.array(["photo.jpg"] * n),
             "window_start": at,
             "window_end": at,
@@ -101,8 +92,6 @@ def documents(n: int, *, seed: int) -> pa.Table:
 def suite_rows(parquet: str | Path, rows: int, *, skip: int = 0) -> pa.Table:
     """Rows ``skip`` to ``skip + rows`` of the suite's Parquet file (:mod:`benchmarks.data`),
     ``created_at`` stamped a day ahead (rows are loaded before the runs that write them)."""
-    from benchmarks import data
-
     table = data.load_table(Path(parquet), rows, skip=skip)
     return data.stamp(table, data.now_us() + _DAY_US)
 

@@ -92,7 +92,7 @@ def _uuid_text(raw: np.ndarray) -> pa.Array:
     )
 
 
-def _uuids(n: int, rng: np.random.Generator, *, first: int | None) -> pa.Array:
+def uuids(n: int, rng: np.random.Generator, *, first: int | None = None) -> pa.Array:
     """Random v4-shaped UUIDs, or with ``first`` (a row number) UUIDv7 values whose 48-bit
     time prefix counts rows, so that ids increase through the whole file."""
     raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
@@ -162,7 +162,7 @@ def _column(  # noqa: PLR0911 - one return per declared type
         return _metadata(n, rng)
     if isinstance(dtype, dt.UUID):
         key = name in DOCUMENTS_SCHEMA.primary_key and ids == "v7"
-        return _uuids(n, rng, first=first if key else None)
+        return uuids(n, rng, first=first if key else None)
     if isinstance(dtype, dt.JSON):
         return _json_list(n, rng, corpus)
     if isinstance(dtype, dt.Timestamp):
