@@ -8,7 +8,8 @@ and every nullable column is filled, which satisfies every ``RequiredWhen``.
 
 Ids are time-ordered UUIDv7 values by default, as :func:`egregora.database.new_id` mints them
 and as the library recommends for new rows; ``ids="random"`` gives random (v4-shaped) ids like
-egregora's deterministic uuid5 ids, whose primary key costs more to index (DESIGN §3).
+egregora's deterministic uuid5 ids, whose primary key costs more to index (see the README's
+Decisions).
 
 Rows are written to a Parquet file in batches, each batch a function of ``(seed, batch
 index)``, so the first N rows of a larger file are the N rows of a smaller one: every size
@@ -33,7 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from egregora.database.batches import uuid_bytes_to_text
-from egregora.database.model import RUN_ID, NotBefore, NullWhen, OneOf, arrow_type
+from egregora.database.checks import NotBefore, NullWhen, OneOf
+from egregora.database.model import RUN_ID, arrow_type
 from egregora.database.schemas import DOCUMENTS_SCHEMA
 
 #: Bump when the generated rows change, so that cached files are regenerated.
@@ -124,7 +126,7 @@ def _cut(n: int, rng: np.random.Generator, corpus: np.ndarray, chars: tuple[int,
         data = windows[np.arange(chars[1]) < lengths[:, None]].tobytes()
     else:
         # Long texts: a join of memoryview slices copies each text once.
-        view = memoryview(corpus)
+        view = corpus.data
         pairs = zip(starts.tolist(), lengths.tolist(), strict=True)
         data = b"".join([view[s : s + k] for s, k in pairs])
     return pa.Array.from_buffers(

@@ -383,7 +383,7 @@ def _memory_gb() -> float | None:
 
 def run_suite(plan: Plan, *, data_dir: Path, work_dir: Path | None = None) -> dict[str, Any]:
     """Generate (or reuse) the rows, run every workload of ``plan``, return the results."""
-    from benchmarks.postgres import run_postgres
+    from benchmarks.workload_postgres import run_postgres
 
     started = time.time()
     load_before = os.getloadavg()

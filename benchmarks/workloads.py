@@ -9,7 +9,7 @@ baseline measured in the same process on the same store:
   too. The first validation of a process builds and caches the Pandera schema: it is
   reported apart from the warm median.
 - ``lineage``: a store of ``rows`` documents written by ``runs`` runs, then the lineage
-  queries (:mod:`egregora.database.lineage`) executed to Arrow, cold (first after reopening
+  queries (:mod:`egregora.database.runs.lineage`) executed to Arrow, cold (first after reopening
   the store) and warm (median), each next to the hand-written SQL that answers the same
   question.
 - ``rollback``: ``RunStore.rollback_run`` of a run against a raw ``DELETE ... WHERE run_id``
@@ -131,7 +131,7 @@ def _raw_queries() -> dict[str, str]:
 def run_lineage(job: dict[str, Any]) -> dict[str, Any]:
     """Build a store of ``rows`` rows in ``runs`` runs, then time the lineage queries."""
     from egregora.database import DuckDBStorageManager, RunStore
-    from egregora.database.lineage import provenance, rows_of_run, rows_per_run
+    from egregora.database.runs.lineage import provenance, rows_of_run, rows_per_run
 
     rows, n_runs, repeats = int(job["rows"]), int(job["runs"]), int(job["repeats"])
     parquet, per_run = Path(job["parquet"]), int(job["rows"]) // int(job["runs"])

@@ -22,7 +22,7 @@ class StoreKind(NamedTuple):
     """One kind of store the fixtures run on."""
 
     name: str
-    open: Callable[..., DuckDBStorageManager]
+    open: Callable[..., Any]
 
 
 #: Every kind of store the ``store`` and ``open_store`` fixtures run on.

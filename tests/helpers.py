@@ -26,12 +26,15 @@ import ibis.expr.datatypes as dt
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from hypothesis import strategies as st
 
 from egregora.database.batches import uuid_bytes_to_text
-from egregora.database.model import RUN_ID, NotBefore, NullWhen, OneOf, TableSchema, utc_now
+from egregora.database.checks import NotBefore, NullWhen, OneOf
+from egregora.database.model import RUN_ID, TableSchema, utc_now
 from egregora.database.schemas import ANNOTATIONS_SCHEMA, DOCUMENTS_SCHEMA, MESSAGES_SCHEMA
 
 __all__ = [
+    "CONFIGS",
     "make_annotations",
     "make_documents",
     "make_messages",
@@ -247,3 +250,25 @@ def make_annotations(
     table = make_rows(ANNOTATIONS_SCHEMA, n, seed=seed, run_id=run_id)
     where = table.schema.get_field_index("document_id")
     return table.set_column(where, table.schema.field(where), ids.cast(pa.string()))
+
+
+#: Run configs: JSON-like mappings, nested, of every scalar kind.
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+
+
+CONFIG_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+CONFIGS = st.dictionaries(st.text(max_size=8), CONFIG_VALUES, max_size=6)

@@ -22,7 +22,7 @@ import pytest
 from sqlglot import exp
 
 from egregora.database import ddl
-from egregora.database.postgres import PostgresStorageManager
+from egregora.database.backends.postgres.manager import PostgresStorageManager
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -25,8 +25,8 @@ from tests.helpers import make_annotations, make_documents, make_rows
 from tests.reliability.forkserver import emit
 
 from egregora.database import CATALOG, DuckDBStorageManager, RunStore, TableSchema
+from egregora.database.backends.postgres.manager import PostgresStorageManager
 from egregora.database.errors import StorageError
-from egregora.database.postgres import PostgresStorageManager
 
 #: The load tests' table: lineage, a key and a body, so that thousands of writes stay cheap.
 NOTES = TableSchema(

@@ -42,6 +42,8 @@ from tests.helpers import make_rows
 from tests.reliability.tally import Tally
 
 from egregora.database import DuckDBStorageManager, Run, RunStatus, RunStore, StorageManager
+from egregora.database.backends.postgres.manager import PostgresStorageManager
+from egregora.database.checks import NullWhen, OneOf
 from egregora.database.errors import (
     DuplicateKeyError,
     ForeignKeyViolationError,
@@ -52,12 +54,10 @@ from egregora.database.errors import (
     TableNotFoundError,
     UnknownRunError,
     ValidationError,
+    key_text,
 )
-from egregora.database.model import RUN_ID, NullWhen, OneOf, TableSchema, arrow_type
-from egregora.database.postgres import PostgresStorageManager
-from egregora.database.run_store import END_STATUSES
-from egregora.database.schemas import CATALOG
-from egregora.database.translate import key_text
+from egregora.database.model import RUN_ID, TableSchema, arrow_type
+from egregora.database.schemas import CATALOG, END_STATUSES
 
 #: Examples per (fault, table), per kind of store; EGREGORA_RELIABILITY_EXAMPLES=N tries N
 #: on the memory store (and a third of that on PostgreSQL) for a deeper run.
@@ -361,7 +361,7 @@ def duplicate_keys_in_batch(t: Target, table: TableSchema, data: Draw) -> Case:
 
         def check(err: StorageError) -> None:
             assert err.failures is not None
-            assert err.failures["key"].to_pylist() == [key_text(table, row)]
+            assert err.failures["key"].to_pylist() == [key_text(table.primary_key, row)]
 
         return Case(table.name, batch, t.run_for(table), DuplicateKeyError, check=check)
     expected = Counter({(c, "unique"): 2 for c in table.primary_key})
@@ -378,7 +378,7 @@ def duplicate_keys_stored(t: Target, table: TableSchema, data: Draw) -> Case:
         values = batch[column].to_pylist()
         values[:k] = [str(p[column]) for p in picks]
         batch = with_column(batch, column, pa.array(values, batch[column].type))
-    keys = {key_text(table, p) for p in picks}
+    keys = {key_text(table.primary_key, p) for p in picks}
 
     def check(err: StorageError) -> None:
         assert err.failures is not None

@@ -21,41 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from egregora.database.errors import LineageError, ValidationError
+from egregora.database.errors import Failure, LineageError, ValidationError, failures_table
 from egregora.database.model import RUN_ID, TableSchema, arrow_type
 
 #: Rows per chunk of a streamed write: bounds memory by the chunk, not by the stream (50k
 #: documents: ~80 MB of Arrow).
 DEFAULT_CHUNK_ROWS = 50_000
-
-_FAILURE_SCHEMA = pa.schema(
-    [("column", pa.string()), ("check", pa.string()), ("value", pa.string()), ("key", pa.string())]
-)
-
-
-def failures_table(rows: Sequence[tuple[str, str, str | None, str | None]]) -> pa.Table:
-    """The ``failures`` table of an error: one row per (column, check, value, key)."""
-    cols = list(zip(*rows, strict=True)) if rows else [(), (), (), ()]
-    return pa.table([pa.array(c, pa.string()) for c in cols], schema=_FAILURE_SCHEMA)
-
-
-def canonical_uuid_text(value: object) -> str:
-    """A UUID (object or text in any case) as canonical lower-case text; other text as is.
-
-    The writing run's id is compared as text with a batch's ``run_id`` column, so
-    ``"0193AB…"`` and ``"0193ab…"`` must become the same string. Text that is no UUID is kept
-    for the run lookup to refuse.
-
-    >>> canonical_uuid_text("0193AB00-0000-7000-8000-00000000000A")
-    '0193ab00-0000-7000-8000-00000000000a'
-    >>> canonical_uuid_text("not-a-uuid")
-    'not-a-uuid'
-    """
-    try:
-        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-    except ValueError:
-        return str(value)
-
 
 def to_reader(data: Any, *, table: str) -> pa.RecordBatchReader:
     """Any accepted input as a stream of record batches."""
@@ -87,8 +58,8 @@ def key_batch(table: TableSchema, keys: Sequence[Any]) -> pa.Table:
     """
     pk = table.primary_key
     rows = [key if isinstance(key, tuple) else (key,) for key in keys]
-    problems: list[tuple[str, str, str | None, str | None]] = [
-        (", ".join(pk), "key_parts", repr(key), None) for key in rows if len(key) != len(pk)
+    problems: list[Failure] = [
+        Failure(", ".join(pk), "key_parts", repr(key), None) for key in rows if len(key) != len(pk)
     ]
     columns: dict[str, pa.Array] = {}
     if not problems:
@@ -98,7 +69,7 @@ def key_batch(table: TableSchema, keys: Sequence[Any]) -> pa.Table:
                 columns[name] = pa.array(values, arrow_type(table.schema[name]))
             except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:
                 # A UnicodeEncodeError: text that is no Unicode (a lone surrogate).
-                problems.append((name, "type", str(exc).splitlines()[0], None))
+                problems.append(Failure(name, "type", str(exc).splitlines()[0], None))
     if problems:
         raise ValidationError(
             f"the keys for `{table.name}` do not fit its primary key ({', '.join(pk)})",
@@ -232,11 +203,13 @@ def conform(table: TableSchema, data: pa.Table, *, run_id: str | None) -> pa.Tab
         ValidationError: unknown or missing columns, or types that cannot be cast safely;
             ``failures`` lists each problem. A naive ``created_at`` raises LineageError.
     """
-    problems: list[tuple[str, str, str | None, str | None]] = []
+    problems: list[Failure] = []
     unknown = [c for c in data.column_names if c not in table.schema]
-    problems += [(c, "unknown_column", str(data.schema.field(c).type), None) for c in unknown]
+    problems += [
+        Failure(c, "unknown_column", str(data.schema.field(c).type)) for c in unknown
+    ]
     dupes = sorted({c for c in data.column_names if data.column_names.count(c) > 1})
-    problems += [(c, "duplicate_column", None, None) for c in dupes]
+    problems += [Failure(c, "duplicate_column", None, None) for c in dupes]
     columns: list[pa.Array | pa.ChunkedArray] = []
     lineage_problem = False
     for name, dtype in table.schema.items():
@@ -247,11 +220,11 @@ def conform(table: TableSchema, data: pa.Table, *, run_id: str | None) -> pa.Tab
             elif dtype.nullable:
                 columns.append(pa.nulls(data.num_rows, target))
             elif name not in dupes:
-                problems.append((name, "missing_column", None, None))
+                problems.append(Failure(name, "missing_column", None, None))
             continue
         cast = _cast(data.column(name), dtype, target)
         if isinstance(cast, str):
-            problems.append((name, "type", cast, None))
+            problems.append(Failure(name, "type", cast, None))
             lineage_problem |= table.lineage and name in {RUN_ID, "created_at"}
             continue
         columns.append(cast)

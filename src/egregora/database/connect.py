@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from egregora.database.backend import StorageManager
+from egregora.database.backends.base import StorageManager
+from egregora.database.backends.duckdb.manager import DuckDBStorageManager
 from egregora.database.errors import ConnectionFailedError
 
 DUCKDB_SCHEMES = ("duckdb",)
@@ -43,8 +44,6 @@ def connect(url: str, /, **options: Any) -> StorageManager:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if sep and scheme in DUCKDB_SCHEMES:
-        from egregora.database.storage import DuckDBStorageManager  # noqa: PLC0415
-
         path = rest.removeprefix("/")
         if not path:
             raise ConnectionFailedError(
@@ -53,7 +52,10 @@ def connect(url: str, /, **options: Any) -> StorageManager:
             )
         return DuckDBStorageManager(path, **options)
     if sep and scheme in POSTGRES_SCHEMES:
-        from egregora.database.postgres import PostgresStorageManager  # noqa: PLC0415
+        # Only now: the PostgreSQL backend needs the `postgres` extra (psycopg).
+        from egregora.database.backends.postgres.manager import (  # noqa: PLC0415
+            PostgresStorageManager,
+        )
 
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)

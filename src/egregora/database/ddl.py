@@ -3,11 +3,11 @@
 Pure: nothing here opens a connection. Every identifier is quoted; values appear only as
 literals of declared checks. Two dialects are supported, ``"duckdb"`` and ``"postgres"``.
 
-DuckDB specifics (measured, see DESIGN §3): foreign keys carry no ``ON DELETE`` clause
-(DuckDB rejects CASCADE and SET NULL, and restricts by default), and uuid key columns are
-stored ``USING COMPRESSION uncompressed``: DuckDB bit-packs sorted UUIDv7 values, and
-removing their keys from the index then reads them back slowly (a 1M-row delete by run took
-~80 s compressed, ~1.2 s uncompressed, at no measurable insert cost).
+DuckDB specifics (measured on duckdb 1.5.6; see the README's Decisions): foreign keys carry
+no ``ON DELETE`` clause (DuckDB rejects CASCADE and SET NULL, and restricts by default), and
+uuid key columns are stored ``USING COMPRESSION uncompressed``: DuckDB bit-packs sorted UUIDv7
+values, and removing their keys from the index then reads them back slowly (a 1M-row delete
+by run took ~80 s compressed, ~1.2 s uncompressed, at no measurable insert cost).
 """
 
 from __future__ import annotations
@@ -19,15 +19,8 @@ from ibis.backends.sql.datatypes import DuckDBType, PostgresType
 from sqlglot import exp
 from sqlglot.dialects.duckdb import DuckDB
 
-from egregora.database.model import (
-    Check,
-    ForeignKey,
-    NotBefore,
-    NullWhen,
-    OneOf,
-    RequiredWhen,
-    TableSchema,
-)
+from egregora.database.checks import Check, NotBefore, NullWhen, OneOf, RequiredWhen
+from egregora.database.model import ForeignKey, TableSchema
 
 Dialect = Literal["duckdb", "postgres"]
 DIALECTS: tuple[Dialect, ...] = ("duckdb", "postgres")
@@ -171,7 +164,7 @@ def add_column(table: TableSchema, name: str, dialect: Dialect = "duckdb") -> ex
     )
 
 
-def to_sql(expression: exp.Expression, dialect: Dialect = "duckdb", *, pretty: bool = False) -> str:
+def to_sql(expression: exp.Expr, dialect: Dialect = "duckdb", *, pretty: bool = False) -> str:
     """Render an expression of this module in ``dialect``."""
     return expression.sql(dialect=_dialect(dialect), pretty=pretty)
 

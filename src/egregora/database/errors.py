@@ -11,13 +11,46 @@ from them, showing a few rows and then "and N more".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
 #: How many offending values a message shows before "and N more".
 MESSAGE_EXAMPLES = 5
+
+
+class Failure(NamedTuple):
+    """One offending value of an error about rows: a row of its ``failures`` table.
+
+    Attributes:
+        column: The column (or ``table.column`` of another table) at fault.
+        check: The rule it breaks (``not_null``, ``foreign_key``, a CHECK's name, ...).
+        value: The offending value as text, when there is one.
+        key: The offending row's primary key as ``id='…'`` text, when there is one.
+    """
+
+    column: str
+    check: str
+    value: str | None = None
+    key: str | None = None
+
+
+#: The columns of an error's ``failures`` table, one row per :class:`Failure`.
+FAILURES_SCHEMA = pa.schema(
+    [("column", pa.string()), ("check", pa.string()), ("value", pa.string()), ("key", pa.string())]
+)
+
+
+def failures_table(rows: Iterable[Failure]) -> pa.Table:
+    """The ``failures`` table of an error: one row per :class:`Failure`.
+
+    >>> failures_table([Failure("id", "not_null")]).to_pylist()
+    [{'column': 'id', 'check': 'not_null', 'value': None, 'key': None}]
+    """
+    listed = list(rows)
+    cols = list(zip(*listed, strict=True)) if listed else [(), (), (), ()]
+    return pa.table([pa.array(c, pa.string()) for c in cols], schema=FAILURES_SCHEMA)
 
 
 def _shown(value: Any) -> str:
@@ -38,6 +71,15 @@ def format_examples(values: Sequence[Any], *, total: int | None = None) -> str:
     shown = ", ".join(_shown(v) for v in list(values)[:MESSAGE_EXAMPLES])
     rest = total - min(len(values), MESSAGE_EXAMPLES)
     return f"{shown} and {rest} more" if rest > 0 else shown
+
+
+def key_text(primary_key: Sequence[str], row: Mapping[str, Any]) -> str:
+    """A row's primary key as ``id='…'`` text (the ``key`` of a :class:`Failure`).
+
+    >>> key_text(("id",), {"id": "d-17", "title": "x"})
+    "id='d-17'"
+    """
+    return ", ".join(f"{c}={str(row[c])!r}" for c in primary_key if c in row)
 
 
 class StorageError(Exception):
@@ -64,6 +106,20 @@ class StorageError(Exception):
         self.run_id = run_id
         self.failures = failures
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments than their message (differences, a
+        # summary and examples): rebuild from the message and the fields as they are, so an
+        # error sent to another process or kernel arrives equal, whatever its class.
+        return (_rebuild, (type(self), str(self), dict(vars(self))))
+
+
+def _rebuild(cls: type[StorageError], message: str, state: dict[str, Any]) -> StorageError:
+    """An error of ``cls`` with ``message`` and ``state``, without calling its ``__init__``."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    vars(error).update(state)
+    return error
 
 
 class SchemaDefinitionError(StorageError, ValueError):

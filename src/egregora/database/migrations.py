@@ -22,21 +22,7 @@ from sqlglot import exp
 
 from egregora.database import ddl
 from egregora.database.model import Catalog, TableSchema
-from egregora.database.schemas import LAYOUT_VERSION
-
-LAYOUT_TABLE = TableSchema(
-    "egregora_layout",
-    ibis.schema(
-        {
-            "version": "!int64",
-            "applied_at": "!timestamp('UTC')",
-            "description": "!string",
-            "package_version": "!string",
-        }
-    ),
-    primary_key=("version",),
-    description="The layout versions applied to this store, one row per version.",
-)
+from egregora.database.schemas import LAYOUT_TABLE, LAYOUT_VERSION
 
 
 @dataclass(frozen=True)

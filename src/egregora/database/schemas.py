@@ -14,23 +14,41 @@ scalar to DuckDB, so a document's tags can be updated while annotations point at
 
 from __future__ import annotations
 
+import enum
+
 import ibis
 
-from egregora.database.model import (
-    Catalog,
-    ForeignKey,
-    NotBefore,
-    NullWhen,
-    OneOf,
-    RequiredWhen,
-    TableSchema,
-)
+from egregora.database.checks import NotBefore, NullWhen, OneOf, RequiredWhen
+from egregora.database.model import Catalog, ForeignKey, TableSchema
 
 #: The layout version these declarations describe; migrations bring a store up to it.
 LAYOUT_VERSION = 1
 
-RUN_STATUSES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED", "ROLLED_BACK")
-FINISHED_STATUSES = RUN_STATUSES[1:]
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands.
+
+    A run moves RUNNING -> COMPLETED | FAILED | CANCELLED | CRASHED, and any finished run may
+    later be ROLLED_BACK. The groups below are derived from this one list; the ``runs`` CHECKs,
+    the run services, lineage reads and the audit all use them.
+    """
+
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+
+#: Every status but RUNNING: the run has ended (``ended_at`` is set).
+FINISHED_STATUSES = tuple(s for s in RunStatus if s is not RunStatus.RUNNING)
+#: The statuses ``RunStore.end_run`` may set (a rollback comes later, through ``rollback_run``).
+END_STATUSES = tuple(s for s in FINISHED_STATUSES if s is not RunStatus.ROLLED_BACK)
+#: The statuses whose rows committed reads show.
+COMMITTED_STATUSES = (RunStatus.COMPLETED,)
+#: Ended without success: their rows should not stay unless rolled back or kept on purpose.
+UNFINISHED_STATUSES = tuple(s for s in END_STATUSES if s not in COMMITTED_STATUSES)
 DOC_TYPES = ("post", "profile", "journal", "media", "enrichment", "announcement")
 DOC_STATUSES = ("draft", "published", "archived")
 MEDIA_TYPES = ("image", "video", "audio")
@@ -58,9 +76,9 @@ RUNS_SCHEMA = TableSchema(
     primary_key=("run_id",),
     foreign_keys=(ForeignKey.to("parent_run_id", "runs", "run_id"),),
     checks=(
-        OneOf("status", RUN_STATUSES),
-        RequiredWhen("status", FINISHED_STATUSES, ("ended_at",)),
-        NullWhen("status", ("RUNNING",), ("ended_at", "purged_at")),
+        OneOf("status", tuple(str(s) for s in RunStatus)),
+        RequiredWhen("status", tuple(str(s) for s in FINISHED_STATUSES), ("ended_at",)),
+        NullWhen("status", (str(RunStatus.RUNNING),), ("ended_at", "purged_at")),
         NotBefore("ended_at", "started_at"),
         NotBefore("heartbeat_at", "started_at"),
     ),
@@ -156,3 +174,19 @@ ANNOTATIONS_SCHEMA = TableSchema(
 )
 
 CATALOG = Catalog((RUNS_SCHEMA, DOCUMENTS_SCHEMA, MESSAGES_SCHEMA, ANNOTATIONS_SCHEMA))
+
+
+#: The library's own table: the layout versions applied to a store (not in any catalog).
+LAYOUT_TABLE = TableSchema(
+    "egregora_layout",
+    ibis.schema(
+        {
+            "version": "!int64",
+            "applied_at": "!timestamp('UTC')",
+            "description": "!string",
+            "package_version": "!string",
+        }
+    ),
+    primary_key=("version",),
+    description="The layout versions applied to this store, one row per version.",
+)

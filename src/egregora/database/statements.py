@@ -42,7 +42,8 @@ def updatable_columns(table: TableSchema, present: list[str]) -> list[str]:
 
     DuckDB performs an update of an indexed column (every primary and foreign key column) as
     delete+insert, which its foreign-key check rejects while any row references the parent
-    (DESIGN §3). So a row keeps its keys and the run that created it; its content changes.
+    (see the README's Decisions). So a row keeps its keys and the run that created it; its
+    content changes.
     """
     fixed = set(table.primary_key) | {c for fk in table.foreign_keys for c in fk.columns}
     return [c for c in table.column_names if c in present and c not in fixed]
@@ -102,9 +103,7 @@ def _join_condition(
     )
 
 
-def orphans(
-    table: TableSchema, fk: ForeignKey, source: str, *, limit: int | None = None
-) -> exp.Select:
+def orphans(table: TableSchema, fk: ForeignKey, source: str) -> exp.Select:
     """The rows of ``source`` (shaped like ``table``) whose non-NULL reference is missing
     from the parent, the rows a FOREIGN KEY would refuse: the reference's columns, then the
     row's primary key columns (those not already listed), ordered by reference then key."""
@@ -128,13 +127,12 @@ def orphans(
             )
         )
     )
-    query = (
+    return (
         exp.select(*refs, *(qualified("b", c).as_(ident(c)) for c in keys))
         .from_(table_ref(source, "b"))
         .where(exp.and_(not_null, exp.Not(this=exp.Exists(this=exists))))
         .order_by(*(exp.column(ident(c)) for c in (*fk.columns, *keys)))
     )
-    return query.limit(limit) if limit else query
 
 
 def existing_keys(table: TableSchema, source: str) -> exp.Select:
@@ -168,14 +166,11 @@ def changed_references(table: TableSchema, source: str) -> exp.Select:
     )
 
 
-def select_where_equal(
-    table: str, columns: list[str], key: list[str], *, limit: int | None = None
-) -> exp.Select:
+def select_where_equal(table: str, columns: list[str], key: list[str]) -> exp.Select:
     """``SELECT columns FROM table WHERE key1 = ? AND ...``."""
-    query = exp.select(*(column(c) for c in columns)).from_(table_ref(table)).where(
+    return exp.select(*(column(c) for c in columns)).from_(table_ref(table)).where(
         exp.and_(*(exp.EQ(this=column(k), expression=param()) for k in key))
     )
-    return query.limit(limit) if limit else query
 
 
 def update_where_equal(table: str, assignments: list[str], key: list[str]) -> exp.Update:
@@ -196,13 +191,6 @@ def delete_where_equal(table: str, key: list[str]) -> exp.Delete:
         where=exp.Where(
             this=exp.and_(*(exp.EQ(this=column(k), expression=param()) for k in key))
         ),
-    )
-
-
-def count_where_equal(table: str, key: list[str]) -> exp.Select:
-    """``SELECT count(*) FROM table WHERE key1 = ? AND ...``."""
-    return exp.select(exp.Count(this=exp.Star())).from_(table_ref(table)).where(
-        exp.and_(*(exp.EQ(this=column(k), expression=param()) for k in key))
     )
 
 

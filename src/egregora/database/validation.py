@@ -10,8 +10,8 @@ On lineage tables the check also holds, per call, that ``run_id`` is the writing
 Pandera is the gate: a valid batch costs one lazy Pandera pass whose single dataframe check
 holds every rule (NOT NULLs included) in one aggregate query, answered by DuckDB over the
 registered Arrow batch without copying it (about 0.4 s for 1M ``documents`` rows).
-Pandera's failure cases do not make a report (Ibis expressions, scalars and frames, mixed;
-DESIGN §3), so only once Pandera has refused a batch are the offending rows listed, by Ibis
+Pandera's failure cases do not make a report (Ibis expressions, scalars and frames, mixed,
+in Pandera 0.35), so only once Pandera has refused a batch are the offending rows listed, by Ibis
 filters built from the same predicates, into a ``failures`` Arrow table: ``column``,
 ``check``, ``value``, ``key``.
 
@@ -38,12 +38,21 @@ import ibis.expr.datatypes as dt
 import pandera.ibis as pandera_ibis
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlglot
 from ibis.formats.pyarrow import PyArrowType
 from pandera.config import ValidationDepth, config_context
 from pandera.errors import SchemaErrorReason, SchemaErrors
+from sqlglot import exp
 
-from egregora.database.errors import MESSAGE_EXAMPLES, LineageError, StorageError, ValidationError
-from egregora.database.model import RUN_ID, Check, NullWhen, RequiredWhen, TableSchema, arrow_type
+from egregora.database.checks import Check, NullWhen, RequiredWhen
+from egregora.database.errors import (
+    FAILURES_SCHEMA,
+    MESSAGE_EXAMPLES,
+    LineageError,
+    StorageError,
+    ValidationError,
+)
+from egregora.database.model import RUN_ID, TableSchema, arrow_type
 from egregora.database.relations import bound_table
 
 if TYPE_CHECKING:
@@ -55,11 +64,6 @@ NOT_NULL = "not_null"
 UNIQUE = "unique"
 RUN_ID_MATCHES_RUN = "run_id_matches_run"
 CREATED_AT_NOT_BEFORE_RUN_START = "created_at_not_before_run_start"
-
-#: The columns of a validation error's ``failures``: one row per offending value.
-FAILURES_SCHEMA = pa.schema(
-    [("column", pa.string()), ("check", pa.string()), ("value", pa.string()), ("key", pa.string())]
-)
 
 _GATE = "row_checks"
 _INFER_STRING = r"The 'future\.infer_string' option is deprecated"
@@ -106,10 +110,11 @@ def _gate(rules: list[_Rule]) -> pandera_ibis.Check:
 
 
 @functools.lru_cache(maxsize=512)
-def _gate_sql(
+def _gate_view(
     table: TableSchema, run_id: str | None, run_started_at: datetime | None, source: str
-) -> str:
-    """The gate's aggregate as DuckDB SQL over the batch relation ``source``, compiled once.
+) -> tuple[str, str]:
+    """The gate's aggregate over the batch relation ``source`` as a temporary view: its name
+    and its ``CREATE TEMP VIEW IF NOT EXISTS`` statement, compiled once.
 
     Compiling the gate's Ibis expression took ~60-90 ms, more than scanning a 100-row batch;
     enrichers write many small batches under one run, so the SQL is compiled once per
@@ -121,23 +126,30 @@ def _gate_sql(
         {n: PyArrowType.to_ibis(arrow_type(t)) for n, t in table.schema.items()}, name=source
     )
     verdict = batch.aggregate(ok=functools.reduce(operator.and_, (h(batch) for h in holds)))
-    return str(ibis.to_sql(verdict, dialect="duckdb"))
+    query = sqlglot.parse_one(str(ibis.to_sql(verdict, dialect="duckdb")), read="duckdb")
+    view = f"egregora_gate_{hashlib.sha256(query.sql('duckdb').encode()).hexdigest()[:16]}"
+    create = exp.Create(
+        this=exp.Table(this=exp.to_identifier(view, quoted=True)),
+        kind="VIEW",
+        exists=True,
+        expression=query,
+        properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
+    )
+    return view, create.sql("duckdb")
 
 
 def _compiled_gate(
     table: TableSchema, run_id: str | None, run_started_at: datetime | None
 ) -> pandera_ibis.Check:
-    """The gate as a Pandera check whose condition is the precompiled :func:`_gate_sql`."""
+    """The gate as a Pandera check whose condition is the precompiled :func:`_gate_view`."""
 
     def check(data: Any) -> ir.BooleanScalar:
-        source = data.table.get_name()
-        sql = _gate_sql(table, run_id, run_started_at, source)
-        view = f"egregora_gate_{hashlib.sha256(sql.encode()).hexdigest()[:16]}"
+        view, create = _gate_view(table, run_id, run_started_at, data.table.get_name())
         backend = data.table.get_backend()
         # A temporary view of the precompiled SQL: Ibis would re-parse raw SQL on every
         # execution (~40 ms), while a view is one name to it. The view reads the batch
         # relation by name, so it serves every batch of the run on this connection.
-        backend.con.execute(f'CREATE TEMP VIEW IF NOT EXISTS "{view}" AS {sql}')
+        backend.con.execute(create)
         verdict: ir.BooleanScalar = bound_table(backend, view).ok.all()
         return verdict
 
@@ -388,7 +400,8 @@ def _text(values: pa.ChunkedArray, dtype: dt.DataType) -> pa.ChunkedArray:
 
 
 def _key_text(rows: pa.Table, table: TableSchema, names: list[str]) -> pa.ChunkedArray:
-    """Each row's key shaped like ``translate.key_text``, whatever its type: ``id='…'``."""
+    """Each row's key as :func:`egregora.database.errors.key_text` writes it, whatever its
+    type: ``id='…'``."""
     parts = []
     for name, column in zip(names, table.primary_key, strict=True):
         text = pc.replace_substring(_text(rows[name], table.schema[column]), "'", "\\'")
